@@ -1,0 +1,41 @@
+# AI Mass developer commands. `make quickstart` and `make test` work on a fresh machine.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+AIMASS := $(VENV)/bin/aimass
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test test-fast bench lint clean down
+
+setup: $(VENV)/.installed
+
+# pip 23 backtracks for minutes on this stack: upgrade pip first, then install against the lock.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+# A real pipeline end to end on the embedded default (local Ray, MLflow on SQLite, local artifacts),
+# ending with a prediction from the model it served.
+quickstart: setup
+	$(AIMASS) run pipelines/quickstart.yaml
+	$(AIMASS) predict digits --input @pipelines/examples/digits-request.json
+
+# pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
+test: setup
+	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/train_overhead.py
+	$(PY) benchmarks/orchestration.py
+
+down:
+	-$(AIMASS) down
+
+clean: down
+	rm -rf $(VENV) .pytest_cache .tools
