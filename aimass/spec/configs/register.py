@@ -1,0 +1,40 @@
+"""Config of the ``register`` step: log the model to MLflow, register a version, move aliases behind a gate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from aimass.spec.base import StrictModel
+from aimass.spec.configs.base import StepConfig
+
+__all__ = ["RegisterConfig", "GateConfig", "Threshold"]
+
+
+class Threshold(StrictModel):
+    metric: str = Field(description="Metric from the evaluate step, e.g. f1_macro, accuracy, roc_auc_ovr.")
+    min: float | None = Field(None, description="Pass only if metric >= min.")
+    max: float | None = Field(None, description="Pass only if metric <= max.")
+
+
+class GateConfig(StrictModel):
+    thresholds: list[Threshold] = Field(default_factory=list, description="Absolute thresholds; all must pass.")
+    compare_metric: str | None = Field("accuracy", description="Metric compared against the current champion (None: no comparison).")
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher compareMetric is better.")
+    min_improvement: float = Field(0.0, description="The challenger must beat the champion by at least this much (>= when 0).")
+
+
+class RegisterConfig(StepConfig):
+    """Registers the model as ``challenger``; moves ``champion`` only when the gate passes."""
+
+    INPUTS = {"model": True, "metrics": False}
+    OUTPUTS = ("model_uri", "model_version")
+
+    model_name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Registered model name.")
+    weights_format: Literal["safetensors", "state_dict"] = Field("safetensors", description="How weights are stored (never a pickled object).")
+    challenger_alias: str = Field("challenger", pattern=r"^[a-z][a-z0-9_-]*$", description="Alias set on every new version.")
+    champion_alias: str = Field("champion", pattern=r"^[a-z][a-z0-9_-]*$", description="Alias moved when the gate passes.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="When the new version becomes champion.")
+    description: str | None = Field(None, max_length=5000, description="Model version description.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra model-version tags.")

@@ -1,0 +1,71 @@
+"""Config of the ``train`` step: distributed training with Ray Train's TorchTrainer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from aimass.spec.base import StrictModel
+from aimass.spec.configs.base import StepConfig
+
+__all__ = ["TrainConfig", "OptimizerConfig", "ScheduleConfig", "EarlyStoppingConfig"]
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
+
+
+class ScheduleConfig(StrictModel):
+    name: Literal["none", "cosine", "step", "onecycle"] = Field("none", description="Learning-rate schedule.")
+    step_size: int = Field(10, ge=1, description="Epochs between decays (step).")
+    gamma: float = Field(0.1, gt=0, le=1, description="Decay factor (step).")
+    warmup_epochs: int = Field(0, ge=0, le=1000, description="Linear warm-up epochs (cosine).")
+
+
+class EarlyStoppingConfig(StrictModel):
+    metric: str = Field("val_loss", description="Metric watched: val_loss or val_accuracy.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+    patience: int = Field(3, ge=1, le=1000, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class TrainConfig(StepConfig):
+    """Model, data-parallel scaling, optimisation and fault tolerance. Produces ``model``."""
+
+    INPUTS = {"dataset": True, "best_config": False}
+    OUTPUTS = ("model", "train_metrics")
+
+    model: str = Field("mlp", description="Model zoo name: mlp, cnn (see `aimass models list`).")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the model builder, e.g. {hidden: [128, 64]}.")
+    num_workers: int = Field(1, ge=1, le=1024, description="Training processes (one per GPU when useGpu).")
+    use_gpu: bool = Field(False, description="Train on GPUs (one per worker).")
+    cpus_per_worker: float = Field(1.0, gt=0, le=256, description="CPU cores per worker.")
+    epochs: int = Field(10, ge=1, le=100_000, description="Passes over the training data.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Batch size per worker.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    lr_schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="Mixed precision on GPU (auto = bf16 where supported); off on CPU.")
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="Stop when the metric stops improving.")
+    max_failures: int = Field(2, ge=0, le=100, description="Worker-group restarts from the last checkpoint before the step fails.")
+    checkpoints_to_keep: int = Field(2, ge=1, le=100, description="Newest checkpoints kept.")
+    train_on: Literal["train", "train+val"] = Field("train", description="Data to fit on; train+val retrains on both (e.g. after tuning).")
+    seed: int | None = Field(None, ge=0, description="Overrides the pipeline seed for this step.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> "TrainConfig":
+        if self.early_stopping and self.early_stopping.metric not in ("val_loss", "val_accuracy", "train_loss"):
+            raise ValueError(f"earlyStopping.metric must be val_loss, val_accuracy or train_loss, got {self.early_stopping.metric!r}")
+        if self.early_stopping and self.train_on == "train+val" and self.early_stopping.metric.startswith("val_"):
+            raise ValueError("earlyStopping on a val_ metric needs trainOn: train (validation data is used for fitting)")
+        return self
+
+    def check_in_pipeline(self, step, pipeline):
+        from aimass.models.registry import model_names
+
+        if self.model not in model_names():
+            return [(f"unknown model {self.model!r}", f"Known models: {', '.join(model_names())}.", ("config", "model"))]
+        return []
