@@ -1,0 +1,66 @@
+"""Save and load zoo models as data only: a JSON card plus safetensors (or a weights_only state dict).
+
+Never a pickled object: loading runs no code from the artifact, so a replaced file cannot execute
+anything. This is the one format used by checkpoints, the registry and serving.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from aimass.exceptions import InvalidRequestError
+from aimass.models.registry import ModelCard, build_model
+
+__all__ = ["CARD_FILE", "save_model", "load_model", "load_card", "WEIGHT_FILES"]
+
+CARD_FILE = "card.json"
+WEIGHT_FILES = {"safetensors": "weights.safetensors", "state_dict": "weights.pt"}
+
+
+def save_model(model, directory: str | Path, fmt: Literal["safetensors", "state_dict"] = "safetensors") -> Path:
+    """Write ``card.json`` and the weights into ``directory``; returns the directory."""
+    import torch
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(d / WEIGHT_FILES["safetensors"]))
+    else:
+        torch.save(state, d / WEIGHT_FILES["state_dict"])
+    (d / CARD_FILE).write_text(json.dumps(model.card.to_dict(), indent=2))
+    return d
+
+
+def load_card(directory: str | Path) -> ModelCard:
+    p = Path(directory) / CARD_FILE
+    if not p.is_file():
+        raise InvalidRequestError("model directory has no card.json", got=str(directory),
+                                  fix="Point at a directory written by aimass (a checkpoint or a registered model's artifacts).")
+    return ModelCard.from_dict(json.loads(p.read_text()))
+
+
+def load_model(directory: str | Path, device: str = "cpu"):
+    """Rebuild the model from its card and load its weights without unpickling anything."""
+    import torch
+
+    d = Path(directory)
+    card = load_card(d)
+    model = build_model(card)
+    st, pt = d / WEIGHT_FILES["safetensors"], d / WEIGHT_FILES["state_dict"]
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(st), device=device)
+    elif pt.is_file():
+        state = torch.load(pt, map_location=device, weights_only=True)
+    else:
+        raise InvalidRequestError("model directory has no weights file", got=str(d),
+                                  fix=f"Expected {WEIGHT_FILES['safetensors']} or {WEIGHT_FILES['state_dict']}.")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model.to(device)
