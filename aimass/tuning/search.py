@@ -1,0 +1,197 @@
+"""Build and run a Ray Tune search from a :class:`~aimass.spec.configs.tune.TuneConfig`."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aimass.exceptions import StepError
+
+__all__ = ["SearchResult", "run_search", "param_space", "MlflowTrialLogger"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    best_config: dict[str, Any]
+    best_metrics: dict[str, Any]
+    best_checkpoint_dir: Path
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    trial_epochs: int = 0
+    restored: bool = False
+
+
+def _dist(d):
+    from ray import tune
+
+    v = d.values
+    return {
+        "uniform": lambda: tune.uniform(v[0], v[1]),
+        "loguniform": lambda: tune.loguniform(v[0], v[1]),
+        "quniform": lambda: tune.quniform(v[0], v[1], v[2]),
+        "randint": lambda: tune.randint(v[0], v[1]),
+        "choice": lambda: tune.choice(v),
+        "grid": lambda: tune.grid_search(v),
+    }[d.kind]()
+
+
+def param_space(cfg) -> dict[str, Any]:
+    return {k: _dist(d) for k, d in cfg.search_space.items()}
+
+
+def _scheduler(cfg):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
+
+    s, max_t = cfg.scheduler, cfg.train.epochs
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(s.grace_period, max_t),
+                             reduction_factor=s.reduction_factor)
+    if s.type == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=s.reduction_factor)
+    if s.type == "pbt":
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+                                       hyperparam_mutations=param_space(cfg), quantile_fraction=s.quantile_fraction)
+    return FIFOScheduler()
+
+
+def _search_alg(cfg, seed: int):
+    if cfg.search_algorithm == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=cfg.max_concurrent_trials)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # random sampling (grid points expanded), seeded: the same seed draws the same trials, so schedulers
+    # can be compared on identical configurations
+    return BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials)
+
+
+try:
+    from ray.tune import Callback as _Callback
+except ImportError:  # pragma: no cover
+    _Callback = object  # type: ignore[misc,assignment]
+
+
+class MlflowTrialLogger(_Callback):
+    """Runs in the tuning driver: every trial is an MLflow run nested under the tune step's run."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, pipeline: str) -> None:
+        self.tracking_uri, self.experiment_id, self.parent, self.pipeline = tracking_uri, experiment_id, parent_run_id, pipeline
+        self.runs: dict[str, str] = {}
+        self._tracker = None
+
+    @property
+    def tracker(self):
+        if self._tracker is None:
+            from aimass.tracking import Tracker
+
+            self._tracker = Tracker(self.tracking_uri, retry_for_s=30)
+        return self._tracker
+
+    def _run(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            from aimass.tuning.trial import TRIAL_KEYS
+
+            tags = {"aimass.kind": "trial", "aimass.pipeline": self.pipeline, "aimass.trial_id": trial.trial_id}
+            rid = self.tracker.start_run(self.experiment_id, f"trial-{trial.trial_id}", tags, parent_run_id=self.parent)
+            self.tracker.log_params(rid, {k: v for k, v in trial.config.items() if k != TRIAL_KEYS})
+            self.runs[trial.trial_id] = rid
+        return self.runs[trial.trial_id]
+
+    def _safe(self, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # tracking must never break the search
+            log.warning("MLflow trial logging failed: %s", exc)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._safe(lambda: self._run(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        keep = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+        self._safe(lambda: self.tracker.log_metrics(self._run(trial), {k: result[k] for k in keep if k in result},
+                                                    step=int(result.get("training_iteration", 0))))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._safe(lambda: self.tracker.end_run(self._run(trial), "FINISHED"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._safe(lambda: self.tracker.end_run(self._run(trial), "FAILED"))
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_tracker"] = None
+        return d
+
+
+def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int, storage_path: str, name: str = "tune",
+               tracking_uri: str | None = None, experiment_id: str | None = None, parent_run_id: str | None = None,
+               pipeline: str = "", s3_endpoint_url: str | None = None, work_dir: str | None = None) -> SearchResult:
+    """Run (or, if an interrupted experiment exists at ``storage_path/name``, restore and finish) the search."""
+    from ray import tune
+    from ray.tune import FailureConfig, RunConfig, Tuner
+
+    from aimass.tuning.trial import TRIAL_KEYS, trial_fn
+
+    Path(storage_path).mkdir(parents=True, exist_ok=True)
+    exp_path = str(Path(storage_path) / name)
+    mode = cfg.resolved_mode
+    fixed = {"train": cfg.train.dump(), "dataset": dataset, "card": card, "seed": seed, "checkpoint": cfg.checkpoint,
+             "threads": max(1, int(cfg.cpus_per_trial)), "s3_endpoint_url": s3_endpoint_url,
+             "trial_storage": str(Path(storage_path) / "trials")}
+    workers = cfg.train.num_workers
+    per_trial = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial} if workers == 1 else {"cpu": 0})
+    trainable = tune.with_resources(trial_fn, per_trial)
+    callbacks = [MlflowTrialLogger(tracking_uri, experiment_id, parent_run_id, pipeline)] if tracking_uri and parent_run_id else []
+    run_config = RunConfig(name=name, storage_path=storage_path, failure_config=FailureConfig(max_failures=cfg.max_failures),
+                           callbacks=callbacks, verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=2) if cfg.checkpoint else None)
+    space = {**param_space(cfg), TRIAL_KEYS: fixed}
+    restored = Tuner.can_restore(exp_path)
+    if restored:
+        tuner = Tuner.restore(exp_path, trainable=trainable, resume_errored=True, resume_unfinished=True)
+    else:
+        tuner = Tuner(
+            trainable, param_space=space, run_config=run_config,
+            tune_config=tune.TuneConfig(metric=cfg.metric, mode=mode, num_samples=cfg.num_samples, scheduler=_scheduler(cfg),
+                                        search_alg=_search_alg(cfg, seed), max_concurrent_trials=cfg.max_concurrent_trials,
+                                        time_budget_s=cfg.time_budget_s, reuse_actors=False),
+        )
+    grid = tuner.fit()
+    trials, trial_epochs = [], 0
+    for r in grid:
+        m = r.metrics or {}
+        trial_epochs += int(m.get("training_iteration", 0) or 0)
+        trials.append({"trial_id": m.get("trial_id"), **{k: v for k, v in (r.config or {}).items() if k != TRIAL_KEYS},
+                       cfg.metric: m.get(cfg.metric), "epochs": m.get("training_iteration"), "error": str(r.error)[:300] if r.error else None})
+    ok = [r for r in grid if r.metrics and cfg.metric in r.metrics]
+    if not ok:
+        errors = "; ".join(str(r.error)[:200] for r in grid if r.error) or "no trial reported the metric"
+        raise StepError(f"every tuning trial failed: {errors}", fix="See the trial logs in MLflow; check the search space.")
+    best = grid.get_best_result(metric=cfg.metric, mode=mode, scope="all")
+    ckpt = best.get_best_checkpoint(metric=cfg.metric, mode=mode) if best.best_checkpoints else best.checkpoint
+    out = Path(work_dir or tempfile.mkdtemp()) / "best-checkpoint"
+    if out.exists():
+        shutil.rmtree(out)
+    if ckpt is not None:
+        ckpt.to_directory(str(out))
+    elif best.metrics.get("checkpoint_path"):  # a distributed trial: its checkpoint lives in Train's storage
+        shutil.copytree(best.metrics["checkpoint_path"], out)
+    else:
+        raise StepError("the best trial has no checkpoint", fix="Keep checkpoint: true in the tune step.")
+    best_config = {k: v for k, v in best.config.items() if k != TRIAL_KEYS}
+    best_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if callbacks:
+        cb = callbacks[0]
+        rid = cb.runs.get(best.metrics.get("trial_id"))
+        if rid:
+            try:
+                cb.tracker.set_tags(rid, {"aimass.best_trial": "true"})
+            except Exception as exc:  # pragma: no cover
+                log.warning("could not tag the best trial: %s", exc)
+    return SearchResult(best_config, best_metrics, out, trials, trial_epochs, restored)
