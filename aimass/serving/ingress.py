@@ -1,0 +1,641 @@
+"""The HTTP ingress: Open Inference Protocol (V2) routes, auth, body limits, validation, routing, canary.
+
+Every request passes, in order: bearer-token check (401), ``Content-Length`` check (413, before a
+byte of the body is read), streamed body read with the same limit (413 for chunked bodies), JSON and
+schema parsing (400), validation against the model's signature (400/413), then the model call with a
+bounded queue (503/429 at once when full), one transparent retry if the replica died, and a timeout
+(504). Canary traffic that fails falls back to the champion, so clients do not see the challenger's
+errors; the challenger's window decides a rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request  # module level: route annotations are resolved in this module's globals
+from ray import serve
+
+from aimass.exceptions import AimassError, AuthError, InvalidRequestError, NotFoundError, ServingError
+from aimass.serving.auth import TokenAuth
+from aimass.serving.canary import CanaryMonitor
+from aimass.serving.config import ServeConfig
+from aimass.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from aimass.serving.protocol import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadataResponse,
+    PayloadTooLargeError,
+    ServerMetadataResponse,
+    Signature,
+    encode_outputs,
+    error_body,
+    parse_request,
+    validate_inputs,
+)
+
+__all__ = ["Ingress"]
+
+log = logging.getLogger("aimass.serving")
+
+
+class OverloadedError(ServingError):
+    code = "overloaded"
+    http_status = 503
+
+
+class UnavailableError(ServingError):
+    code = "unavailable"
+    http_status = 503
+
+
+class TimeoutServingError(ServingError):
+    code = "timeout"
+    http_status = 504
+
+
+@dataclass
+class Target:
+    version: str
+    deployment: str
+    registered: str
+    model_id: str | None = None  # multiplexed model id
+
+
+@dataclass
+class Route:
+    name: str
+    champion: Target
+    challenger: Target | None = None
+    share: float = 0.0
+    monitor: CanaryMonitor | None = None
+    max_rows: int = 4096
+    allow_non_finite: bool = False
+    versions: list[str] = field(default_factory=list)
+    batch_rows: int = 0  # 0: no batching in the ingress
+    max_queued: int = 256
+
+    def target(self, version: str | None) -> tuple[Target, bool]:
+        """(target, is_canary_split). An explicit version must be one that is served."""
+        if version is not None:
+            if version == self.champion.version:
+                return self.champion, False
+            if self.challenger is not None and version == self.challenger.version:
+                return self.challenger, False
+            raise NotFoundError(f"model {self.name!r} has no served version {version!r}",
+                                fix=f"Served versions: {', '.join(self.versions)}.")
+        if self.challenger is not None and random.random() < self.share:
+            return self.challenger, True
+        return self.champion, False
+
+
+class _Batcher:
+    """Concurrency-adaptive batching of one target's calls in the ingress.
+
+    A request is sent at once while fewer than ``max_inflight`` calls are running (no added latency
+    at low load); otherwise it waits for a running call to finish and goes out with the others that
+    queued meanwhile, up to ``max_rows`` rows per call. One Ray call then carries many requests, which
+    is what makes batching pay when the per-call overhead, not the model, is the cost.
+    """
+
+    def __init__(self, send, max_rows: int, max_queued: int, what: str, max_inflight: int = 4) -> None:
+        self.send = send
+        self.max_rows = max_rows
+        self.max_queued = max_queued
+        self.what = what
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self.rows = 0
+
+    async def submit(self, x: Any) -> Any:
+        if len(self.pending) >= self.max_queued:  # the bounded queue: refuse at once instead of waiting
+            raise OverloadedError(f"model {self.what} is at capacity (its request queue is full)",
+                                  fix="Retry after a short pause, or raise replicas / maxQueuedRequests.")
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((x, fut))
+        self.rows += int(x.shape[0])
+        if self.inflight < self.max_inflight or self.rows >= self.max_rows:
+            self._flush()
+        return await fut
+
+    def _flush(self) -> None:
+        while self.pending and (self.inflight < self.max_inflight or self.rows >= self.max_rows):
+            batch, rows = [], 0
+            while self.pending and (not batch or rows + int(self.pending[0][0].shape[0]) <= self.max_rows):
+                item = self.pending.pop(0)
+                rows += int(item[0].shape[0])
+                batch.append(item)
+            self.rows -= rows
+            self.inflight += 1
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        import numpy as np
+
+        try:
+            xs = [x for x, _ in batch]
+            probs, info = await self.send(xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0))
+        except BaseException as e:  # noqa: BLE001 - every request of the batch gets the error
+            for _, f in batch:
+                if not f.done():
+                    f.set_exception(e)
+        else:
+            start = 0
+            rest = {k: v for k, v in info.items() if k != "cache_events"}  # events are counted once per call
+            for i, (x, f) in enumerate(batch):
+                n = int(x.shape[0])
+                if not f.done():
+                    f.set_result((probs[start:start + n], info if i == 0 else rest))
+                start += n
+        finally:
+            self.inflight -= 1
+            if self.pending:
+                self._flush()
+
+
+_REPLICA_GONE: tuple[type[BaseException], ...] = ()
+
+
+def _replica_gone_errors() -> tuple[type[BaseException], ...]:
+    global _REPLICA_GONE
+    if not _REPLICA_GONE:
+        import ray.exceptions as rex
+        from ray.serve.exceptions import ReplicaUnavailableError
+
+        errs = [rex.RayActorError, ReplicaUnavailableError]
+        for n in ("ActorDiedError", "ActorUnavailableError"):
+            if hasattr(rex, n):
+                errs.append(getattr(rex, n))
+        _REPLICA_GONE = tuple(errs)
+    return _REPLICA_GONE
+
+
+@serve.ingress()
+class Ingress:
+    """The V2 ingress deployment. Init args are the model deployments (bound only so they are part of
+    the application); routing comes from ``user_config`` = {"config": ServeConfig doc, "plan": plan}."""
+
+    def __init__(self, *model_deployments: Any) -> None:
+        ctx = serve.get_replica_context()
+        self.app_name = ctx.app_name
+        self.metrics = ServingMetrics()
+        self.cfg: ServeConfig | None = None
+        self.auth: TokenAuth | None = None
+        self.routes: dict[str, Route] = {}
+        self.max_request_bytes = 8 * 1024 * 1024
+        self.timeout_s = 30.0
+        self.overload_status = 503
+        self._handles: dict[tuple[str, str | None], Any] = {}
+        self._signatures: dict[tuple[str, str | None], Signature] = {}
+        self._tripped: dict[tuple[str, str], dict[str, Any]] = {}
+        self._monitors: dict[tuple[str, str], CanaryMonitor] = {}
+        self._bg: set[asyncio.Task] = set()
+        self._batchers: dict[tuple[str, str | None, int], _Batcher] = {}
+
+    # -- configuration -----------------------------------------------------------------------------
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        cfg = ServeConfig.model_validate(user_config["config"])
+        plan = user_config["plan"]
+        auth = TokenAuth(cfg.auth.mode, cfg.auth.token_file)
+        routes: dict[str, Route] = {}
+        monitors: dict[tuple[str, str], CanaryMonitor] = {}
+        for m in cfg.models:
+            entry = plan["models"].get(m.name)
+            if entry is None:
+                continue
+            ch = entry["champion"]
+            route = Route(m.name, Target(ch["version"], ch["deployment"], entry["registered"]), max_rows=m.max_rows_per_request,
+                          allow_non_finite=m.allow_non_finite, batch_rows=m.batching.max_batch_size if m.batching.enabled else 0,
+                          max_queued=m.deployment.max_queued_requests)
+            route.versions = [ch["version"]]
+            c = entry.get("challenger")
+            if c and m.canary is not None:
+                key = (m.name, c["version"])
+                route.challenger = Target(c["version"], c["deployment"], c.get("registered", entry["registered"]))
+                route.share = 0.0 if key in self._tripped else m.canary.traffic_share
+                mon = self._monitors.get(key) or CanaryMonitor(m.canary.max_error_rate, m.canary.max_p99_latency_ms,
+                                                               m.canary.window_s, m.canary.min_requests)
+                monitors[key] = mon
+                route.monitor = mon
+                route.versions.append(c["version"])
+                self.metrics.canary_share.labels(m.name, c["version"]).set(route.share)
+            routes[m.name] = route
+        mx = plan.get("multiplex")
+        if cfg.multiplex and mx:
+            for mm in cfg.multiplex.models:
+                e = mx["models"].get(mm.name)
+                if e is None:
+                    continue
+                t = Target(e["version"], mx["deployment"], e["registered"], model_id=f"{mm.name}:{e['version']}")
+                routes[mm.name] = Route(mm.name, t, max_rows=mm.max_rows_per_request, allow_non_finite=mm.allow_non_finite,
+                                        versions=[e["version"]],
+                                        batch_rows=cfg.multiplex.batching.max_batch_size if cfg.multiplex.batching.enabled else 0,
+                                        max_queued=cfg.multiplex.deployment.max_queued_requests)
+        self.cfg, self.auth, self.routes, self._monitors = cfg, auth, routes, monitors
+        self.max_request_bytes = cfg.max_request_bytes
+        self.timeout_s = cfg.ingress.request_timeout_s
+        self.overload_status = cfg.ingress.overload_status
+        log.info("ingress %s routes: %s", self.app_name,
+                 {n: (r.champion.version, r.challenger.version if r.challenger else None, r.share) for n, r in routes.items()})
+
+    def check_health(self) -> None:
+        if self.cfg is None or self.auth is None:
+            raise ServingError("ingress not configured")
+
+    # -- model calls -------------------------------------------------------------------------------
+    def _handle(self, t: Target):
+        key = (t.deployment, t.model_id)
+        h = self._handles.get(key)
+        if h is None:
+            h = serve.get_deployment_handle(t.deployment, app_name=self.app_name)
+            if t.model_id is not None:
+                h = h.options(multiplexed_model_id=t.model_id)
+            self._handles[key] = h
+        return h
+
+    async def _call(self, t: Target, method: str, *args: Any) -> Any:
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        gone = _replica_gone_errors()
+        for attempt in (1, 2):
+            try:
+                resp = getattr(self._handle(t), method).remote(*args)
+                return await asyncio.wait_for(_wait(resp), self.timeout_s)
+            except BackPressureError:
+                raise OverloadedError(f"model {t.registered} v{t.version} is at capacity (its request queue is full)",
+                                      fix="Retry after a short pause, or raise replicas / maxQueuedRequests.") from None
+            except asyncio.TimeoutError:
+                raise TimeoutServingError(f"model {t.registered} v{t.version} did not answer within {self.timeout_s:g}s",
+                                          fix="Raise ingress.requestTimeoutS or add replicas.") from None
+            except DeploymentUnavailableError:
+                raise UnavailableError(f"model {t.registered} v{t.version} is not available (its deployment failed)") from None
+            except AimassError:
+                raise
+            except gone as e:
+                if attempt == 2:
+                    raise UnavailableError(f"model {t.registered} v{t.version}: replica unavailable ({type(e).__name__})",
+                                           retryable=True) from None
+                # the router has already dropped the dead replica: one retry lands on a live one
+                continue
+        raise AssertionError("unreachable")
+
+    async def _predict(self, route: Route, t: Target, x: Any) -> Any:
+        if route.batch_rows and x.shape[0] <= route.batch_rows:
+            key = (t.deployment, t.model_id, route.batch_rows, route.max_queued)
+            b = self._batchers.get(key)
+            if b is None:
+                b = self._batchers[key] = _Batcher(lambda arr, t=t: self._call(t, "predict", arr), route.batch_rows,
+                                                   route.max_queued, f"{t.registered} v{t.version}")
+            return await b.submit(x)
+        return await self._call(t, "predict", x)
+
+    async def signature(self, t: Target) -> Signature:
+        key = (t.deployment, t.model_id)
+        sig = self._signatures.get(key)
+        if sig is None:
+            meta = await self._call(t, "metadata")
+            self._record_cache_events(meta.get("cache_events"))
+            sig = Signature.from_dict(meta["signature"])
+            self._signatures[key] = sig
+        return sig
+
+    def _record_cache_events(self, events: list | None) -> None:
+        for ev, mid in events or ():
+            name, _, version = mid.rpartition(":")
+            self.metrics.cache.labels(name, version, ev).inc()
+
+    # -- the infer path ----------------------------------------------------------------------------
+    async def infer(self, name: str, version: str | None, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        t0 = time.perf_counter()
+        route = self.routes.get(name)
+        if route is None:
+            raise NotFoundError(f"no model named {name!r} is served here", fix=f"Served models: {', '.join(sorted(self.routes)) or 'none'}.")
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidRequestError(f"the request body is not valid JSON: {e}", fix="Send Content-Type: application/json.") from None
+        req = parse_request(obj)
+        target, split = route.target(version)
+        sig = await self.signature(route.champion if split else target)
+        arrays = validate_inputs(req, sig, max_rows=route.max_rows, allow_non_finite=route.allow_non_finite)
+        x = arrays[sig.inputs[0].name]
+        served = target
+        queue = self.metrics.queue.labels(name, target.version)
+        queue.inc()
+        try:
+            if split:
+                c0 = time.perf_counter()
+                try:
+                    probs, info = await self._predict(route, target, x)
+                    self._canary_outcome(route, target, True, time.perf_counter() - c0)
+                except (OverloadedError, TimeoutServingError):
+                    raise
+                except Exception as e:  # noqa: BLE001 - any challenger failure counts against it
+                    self._canary_outcome(route, target, False, time.perf_counter() - c0)
+                    log.warning("canary %s v%s failed (%s); answering from the champion", name, target.version, e)
+                    served = route.champion
+                    probs, info = await self._predict(route, served, x)
+            else:
+                probs, info = await self._predict(route, target, x)
+                if route.monitor is not None and target is route.challenger:
+                    self._canary_outcome(route, target, True, time.perf_counter() - t0)
+        finally:
+            queue.dec()
+        self._record_cache_events(info.get("cache_events"))
+        if info.get("cache") == "hit":
+            self.metrics.cache.labels(name, served.version, "hit").inc()
+        self.metrics.batch_size.labels(name, served.version).observe(info.get("batch_rows", x.shape[0]))
+        out_name = sig.outputs[0].name
+        resp = {"model_name": name, "model_version": served.version, "id": req.id,
+                "outputs": encode_outputs({out_name: probs}, req.outputs)}
+        if sig.class_names:
+            resp["parameters"] = {"class_names": list(sig.class_names)}
+        self.metrics.latency.labels(name, served.version).observe(time.perf_counter() - t0)
+        self.metrics.requests.labels(name, served.version, "200").inc()
+        return 200, resp, {}
+
+    def error_response(self, e: Exception, model: str = "-", ver: str = "-") -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, JSON body, headers) of a failed request; counts it in the metrics."""
+        if isinstance(e, AimassError):
+            status = e.http_status
+            if isinstance(e, OverloadedError):
+                status = self.overload_status
+            kind = {401: "auth", 503: "overload", 429: "overload", 504: "timeout"}.get(status, "client" if status < 500 else "server")
+        else:
+            log.exception("unexpected error serving %s", model)
+            status, kind = 500, "server"
+            e = ServingError(f"internal error while serving {model}: {type(e).__name__}: {e}")
+        self.metrics.errors.labels(model, ver, kind).inc()
+        self.metrics.requests.labels(model, ver, str(status)).inc()
+        headers = {"Retry-After": "1"} if status in (429, 503) else {}
+        return status, error_body(e), headers
+
+    # -- canary ------------------------------------------------------------------------------------
+    def _canary_outcome(self, route: Route, t: Target, ok: bool, latency_s: float) -> None:
+        if route.monitor is None or route.challenger is None:
+            return
+        v = route.monitor.record(ok, latency_s)
+        key = (route.name, t.version)
+        if v.breached and key not in self._tripped:
+            info = {**v.to_dict(), "model": route.name, "registered": t.registered, "version": t.version,
+                    "champion_version": route.champion.version, "at": time.time(), "app": self.app_name}
+            self._tripped[key] = info
+            route.share = 0.0  # stop now; the controller makes it permanent
+            self.metrics.canary_share.labels(route.name, t.version).set(0.0)
+            self.metrics.rollbacks.labels(route.name, t.version).inc()
+            log.warning("canary %s v%s rolled back: %s", route.name, t.version, v.reason)
+            task = asyncio.get_running_loop().create_task(self._report_rollback(info))
+            self._bg.add(task)
+            task.add_done_callback(self._bg.discard)
+
+    async def _report_rollback(self, info: dict[str, Any]) -> None:
+        from aimass.serving.controller import notify_rollback
+
+        try:
+            await asyncio.to_thread(notify_rollback, self.app_name, info, self.cfg.tracking_uri if self.cfg else None,
+                                    self.cfg.registry_uri if self.cfg else None)
+        except Exception:  # noqa: BLE001 - the traffic is already off the challenger
+            log.exception("could not record the rollback of %s v%s", info["model"], info["version"])
+
+    # -- metadata and health -----------------------------------------------------------------------
+    async def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        route = self.routes.get(name)
+        if route is None:
+            raise NotFoundError(f"no model named {name!r} is served here", fix=f"Served models: {', '.join(sorted(self.routes)) or 'none'}.")
+        t, _ = route.target(version) if version is not None else (route.champion, False)
+        sig = await self.signature(t)
+        doc = {"name": name, "versions": list(route.versions) if version is None else [t.version], "platform": "pytorch",
+               "inputs": [s.to_dict() for s in sig.inputs], "outputs": [s.to_dict() for s in sig.outputs],
+               "parameters": {"class_names": list(sig.class_names), "registered_model": t.registered, "version": t.version}}
+        if version is None and route.challenger is not None:
+            doc["parameters"]["canary"] = {"version": route.challenger.version, "traffic_share": route.share}
+        return doc
+
+    async def model_ready(self, name: str, version: str | None) -> bool:
+        route = self.routes.get(name)
+        if route is None:
+            raise NotFoundError(f"no model named {name!r} is served here")
+        t, _ = route.target(version) if version is not None else (route.champion, False)
+        try:
+            await asyncio.wait_for(self.signature(t), min(self.timeout_s, 10.0))
+            return True
+        except Exception:  # noqa: BLE001 - not ready, whatever the reason
+            return False
+
+    async def server_ready(self) -> bool:
+        if not self.routes:
+            return False
+        results = await asyncio.gather(*(self.model_ready(n, None) for n in self.routes))
+        return all(results)
+
+    def __serve_build_asgi_app__(self):
+        return build_asgi_app(self)
+
+
+async def _wait(resp: Any) -> Any:
+    return await resp
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+class _Guard:
+    """Pure ASGI middleware in front of every route: auth, then the Content-Length limit."""
+
+    def __init__(self, app: Any, ingress: Ingress) -> None:
+        self.app = app
+        self.ingress = ingress
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ing = self.ingress
+        headers = {k.lower(): v for k, v in scope.get("headers") or ()}
+        try:
+            if ing.auth is None:
+                raise UnavailableError("the ingress is starting")
+            authz = headers.get(b"authorization")
+            client = scope.get("client") or (None, None)
+            ing.auth.check(authz.decode("latin-1") if authz else None, client[0])
+            cl = headers.get(b"content-length")
+            if cl is not None:
+                try:
+                    n = int(cl)
+                except ValueError:
+                    raise InvalidRequestError("Content-Length is not a number", got=cl.decode("latin-1")[:40]) from None
+                if n > ing.max_request_bytes:
+                    raise PayloadTooLargeError(f"request body of {n} bytes is over the limit of {ing.max_request_bytes}",
+                                               fix="Send smaller batches, or raise maxRequestBytes in the serving config.")
+        except AimassError as e:
+            kind = "auth" if isinstance(e, AuthError) else "client"
+            ing.metrics.errors.labels("-", "-", kind).inc()
+            extra = [(b"www-authenticate", b'Bearer realm="aimass"')] if isinstance(e, AuthError) else []
+            await _send_json(send, e.http_status, error_body(e), extra)
+            return
+        if scope.get("method") == "POST":
+            # the hot path skips FastAPI's routing and request objects (the route stays declared for OpenAPI)
+            path, root = scope.get("path", ""), scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):]
+            m = _INFER_PATH.match(path)
+            if m is not None:
+                await self._infer(m.group(1), m.group(2), receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(self, name: str, version: str | None, receive, send) -> None:
+        ing = self.ingress
+        try:
+            chunks, size = [], 0
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > ing.max_request_bytes:
+                    raise PayloadTooLargeError(f"request body is over the limit of {ing.max_request_bytes} bytes",
+                                               fix="Send smaller batches, or raise maxRequestBytes in the serving config.")
+                chunks.append(chunk)
+                if not msg.get("more_body"):
+                    break
+            status, body, headers = await ing.infer(name, version, b"".join(chunks))
+        except Exception as e:  # noqa: BLE001 - every failure becomes a V2 error response
+            status, body, headers = ing.error_response(e, name, version or "-")
+        await _send_json(send, status, body, [(k.lower().encode(), v.encode()) for k, v in headers.items()])
+
+
+_INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer/?$")
+
+
+async def _send_json(send, status: int, body: dict[str, Any], extra_headers: list | None = None) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())] + (extra_headers or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The body, counted while it streams: a chunked upload over the limit stops at the limit (413)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes",
+                                       fix="Send smaller batches, or raise maxRequestBytes in the serving config.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_asgi_app(ing: Ingress):
+    """The FastAPI app of one ingress replica (routes close over the replica's state)."""
+    from fastapi import FastAPI
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.responses import JSONResponse, Response
+
+    import aimass
+
+    version = getattr(aimass, "__version__", "0.1.0")
+    app = FastAPI(title="AI Mass inference", version=version,
+                  description="Open Inference Protocol (KServe V2) over REST. Every endpoint needs "
+                              "`Authorization: Bearer <token>` unless the deployment runs in local mode.",
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+
+    def fail(e: Exception, model: str = "-", ver: str = "-") -> Response:
+        status, body, headers = ing.error_response(e, model, ver)
+        return JSONResponse(body, status_code=status, headers=headers or None)
+
+    err = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+           413: {"model": ErrorResponse}, 429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, 504: {"model": ErrorResponse}}
+    infer_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}
+
+    @app.get("/v2/health/live", tags=["health"], summary="Server liveness")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"], summary="Server readiness (every model's champion answers)")
+    async def ready():
+        ok = await ing.server_ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2", tags=["metadata"], summary="Server metadata", response_model=ServerMetadataResponse)
+    async def server_metadata():
+        return {"name": "aimass", "version": version, "extensions": []}
+
+    @app.get("/v2/models/{name}", tags=["metadata"], summary="Model metadata (from the MLflow signature)",
+             response_model=ModelMetadataResponse, responses=err)
+    async def model_metadata(name: str):
+        try:
+            return await ing.model_metadata(name, None)
+        except Exception as e:  # noqa: BLE001
+            return fail(e, name)
+
+    @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"], summary="Model version metadata",
+             response_model=ModelMetadataResponse, responses=err)
+    async def model_version_metadata(name: str, version: str):
+        try:
+            return await ing.model_metadata(name, version)
+        except Exception as e:  # noqa: BLE001
+            return fail(e, name, version)
+
+    async def _ready(name: str, version: str | None):
+        try:
+            ok = await ing.model_ready(name, version)
+        except Exception as e:  # noqa: BLE001
+            return fail(e, name, version or "-")
+        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2/models/{name}/ready", tags=["health"], summary="Model readiness")
+    async def model_ready(name: str):
+        return await _ready(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"], summary="Model version readiness")
+    async def model_version_ready(name: str, version: str):
+        return await _ready(name, version)
+
+    async def _infer(request: Request, name: str, version: str | None):
+        try:
+            body = await _read_body(request, ing.max_request_bytes)
+            status, resp, headers = await ing.infer(name, version, body)
+            return Response(json.dumps(resp), status_code=status, media_type="application/json", headers=headers or None)
+        except Exception as e:  # noqa: BLE001
+            return fail(e, name, version or "-")
+
+    @app.post("/v2/models/{name}/infer", tags=["inference"], summary="Inference", response_model=InferenceResponse,
+              responses=err, openapi_extra=infer_body)
+    async def infer(request: Request, name: str):
+        return await _infer(request, name, None)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"], summary="Inference on a given version",
+              response_model=InferenceResponse, responses=err, openapi_extra=infer_body)
+    async def infer_version(request: Request, name: str, version: str):
+        return await _infer(request, name, version)
+
+    @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics of this ingress replica")
+    async def metrics():
+        return Response(ing.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        req = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for k, v in req.pop("$defs", {}).items():
+            comps.setdefault(k, v)
+        comps["InferenceRequest"] = req
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+    return _Guard(app, ing)
+

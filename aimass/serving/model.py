@@ -1,0 +1,281 @@
+"""Model replicas: one registered model version per deployment, or several behind a multiplexed LRU.
+
+A replica loads its model from the MLflow registry as data only (``card.json`` + safetensors or a
+``weights_only`` state dict, see :mod:`aimass.models.io`): nothing is unpickled. Its constructor is
+the readiness check: download, rebuild, load weights strictly, then a warm-up inference on zeros whose
+output must have the signature's shape and be a probability distribution. A version that fails any of
+these never receives traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from aimass.exceptions import InvalidRequestError, NotFoundError, ServingError
+from aimass.serving.protocol import Signature, signature_from_mlflow
+
+__all__ = ["ModelServer", "MultiModelServer", "LoadedModel", "load_registered"]
+
+log = logging.getLogger("aimass.serving")
+
+
+class LoadedModel:
+    """A zoo model ready to serve, with its signature."""
+
+    def __init__(self, model: Any, signature: Signature, registered: str, version: str, device: str) -> None:
+        import torch
+
+        self.model = model
+        self.signature = signature
+        self.registered = registered
+        self.version = version
+        self.device = device
+        self._torch = torch
+        if len(signature.inputs) != 1 or len(signature.outputs) != 1:
+            raise ServingError("aimass serves single-input, single-output models", got=signature.to_dict(),
+                               fix="Register a zoo model (input tensor -> class probabilities).")
+        self.input = signature.inputs[0]
+        self.output = signature.outputs[0]
+        self.input_shape = tuple(self.input.shape[1:])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Rows of features -> rows of class probabilities (float32)."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InvalidRequestError(f"input {self.input.name!r}: shape {list(x.shape)} does not fit this version's "
+                                      f"{list(self.input.shape)}", location=f"{self.registered} v{self.version}")
+        t = self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device != "cpu":
+            t = t.to(self.device, non_blocking=True)
+        out = self.model.predict_proba(t)
+        return out.detach().to("cpu").numpy().astype(np.float32, copy=False)
+
+    def warm_up(self) -> None:
+        """The readiness check: an inference on zeros must give [1, classes] probabilities."""
+        probs = self.predict(np.zeros((1, *self.input_shape), dtype=np.float32))
+        want = tuple(d for d in self.output.shape[1:])
+        if probs.shape[1:] != want or not np.isfinite(probs).all() or abs(float(probs.sum()) - 1.0) > 1e-3:
+            raise ServingError(f"{self.registered} v{self.version} failed its readiness check: warm-up output has shape "
+                               f"{list(probs.shape)} (expected [1, {', '.join(map(str, want))}]) or is not a distribution")
+
+
+def _mlmodel(root: Path, card_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    d = card_dir
+    while True:
+        f = d / "MLmodel"
+        if f.is_file():
+            return yaml.safe_load(f.read_text()) or {}
+        if d == root or root not in d.parents:
+            return {}
+        d = d.parent
+
+
+def load_registered(registered: str, version: str, tracking_uri: str | None = None, registry_uri: str | None = None,
+                    device: str = "cpu") -> LoadedModel:
+    """Download ``models:/registered/version`` and rebuild it (no unpickling), then warm it up."""
+    from aimass.models.io import load_card, load_model
+    from aimass.tracking import Tracker
+
+    if tracking_uri is None:
+        from aimass.settings import Settings
+
+        s = Settings.load()
+        tracking_uri, registry_uri = s.tracking_uri, registry_uri or s.registry_uri
+    tracker = Tracker(tracking_uri, registry_uri, retry_for_s=30.0)
+    root = Path(tempfile.mkdtemp(prefix="aimass-serve-")).resolve()
+    card_dir = tracker.download_model_dir(f"models:/{registered}/{version}", root).resolve()
+    if root not in card_dir.parents and card_dir != root:
+        raise ServingError("the model's files resolve outside their download directory", got=str(card_dir))
+    for p in card_dir.iterdir():  # a symlink could point a loader at any file on the node
+        if p.is_symlink():
+            raise ServingError("model artifacts must not contain symbolic links", got=p.name)
+    card = load_card(card_dir)
+    model = load_model(card_dir, device=device)
+    sig = signature_from_mlflow(_mlmodel(root, card_dir), card.class_names) or Signature.from_card(card)
+    if tuple(sig.inputs[0].shape[1:]) != tuple(card.input_shape):
+        raise ServingError("the MLflow signature does not match the model card", got={"signature": list(sig.inputs[0].shape),
+                                                                                      "card": card.input_shape})
+    lm = LoadedModel(model, sig, registered, str(version), device)
+    lm.warm_up()
+    return lm
+
+
+def _rows(items: list) -> int:
+    return sum(int(x.shape[0]) for x in items)
+
+
+class _BatchingMixin:
+    """``@serve.batch`` over rows: concurrent requests become one model call (never mixing models)."""
+
+    batching_enabled = True
+    max_batch_size = 32
+
+    def _apply_batching(self, cfg: dict[str, Any] | None) -> None:
+        cfg = cfg or {}
+        self.batching_enabled = bool(cfg.get("enabled", True))
+        self.max_batch_size = int(cfg.get("maxBatchSize", 32))
+        self._batched.set_max_batch_size(self.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(float(cfg.get("batchWaitTimeoutS", 0.002)))
+
+    async def _model_for_batch(self) -> "LoadedModel":
+        raise NotImplementedError
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=_rows)
+    async def _batched(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        lm = await self._model_for_batch()
+        sizes = [int(x.shape[0]) for x in xs]
+        probs = lm.predict(xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0))
+        info = {"batch_rows": int(probs.shape[0]), "batch_requests": len(xs)}
+        out, start = [], 0
+        for n in sizes:
+            out.append((probs[start:start + n], info))
+            start += n
+        return out
+
+    async def _run(self, lm_getter, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        if self.batching_enabled and x.shape[0] <= self.max_batch_size:
+            return await self._batched(x)
+        lm = await lm_getter()
+        probs = lm.predict(x)
+        return probs, {"batch_rows": int(x.shape[0]), "batch_requests": 1}
+
+
+class ModelServer(_BatchingMixin):
+    """One registered model version. Init args: {model, registered, version, trackingUri?, registryUri?, device}.
+
+    ``user_config``: {"batching": {enabled, maxBatchSize, batchWaitTimeoutS}} (changed without a restart).
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import torch
+
+        threads = max(1, int(spec.get("numCpus") or 1))
+        torch.set_num_threads(threads)
+        self.spec = spec
+        self.served = spec["model"]
+        self.lm = load_registered(spec["registered"], str(spec["version"]), spec.get("trackingUri"), spec.get("registryUri"),
+                                  spec.get("device", "cpu"))
+        log.info("loaded %s v%s as %s", spec["registered"], spec["version"], self.served)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._apply_batching((user_config or {}).get("batching"))
+
+    async def _model_for_batch(self) -> LoadedModel:
+        return self.lm
+
+    async def _get(self) -> LoadedModel:
+        return self.lm
+
+    async def predict(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        return await self._run(self._get, x)
+
+    async def metadata(self) -> dict[str, Any]:
+        return {"model": self.served, "registered": self.lm.registered, "version": self.lm.version,
+                "platform": "pytorch", "signature": self.lm.signature.to_dict()}
+
+    async def ready(self) -> dict[str, Any]:
+        """The readiness probe used before a version goes live: a real inference through the serving path."""
+        probs, _ = await self.predict(np.zeros((1, *self.lm.input_shape), dtype=np.float32))
+        if not np.isfinite(probs).all():
+            raise ServingError(f"{self.lm.registered} v{self.lm.version} returns non-finite probabilities")
+        return await self.metadata()
+
+    def check_health(self) -> None:
+        if self.lm is None:
+            raise ServingError("model not loaded")
+
+
+class _Evictable:
+    """Holds a multiplexed model; Serve's LRU calls ``__del__`` on eviction, which we count."""
+
+    def __init__(self, lm: LoadedModel, model_id: str, on_evict) -> None:
+        self.lm = lm
+        self.model_id = model_id
+        self._on_evict = on_evict
+        self._gone = False
+
+    def __del__(self) -> None:  # called by the LRU on eviction, and again by the GC: count once
+        if not self._gone:
+            self._gone = True
+            try:
+                self._on_evict(self.model_id)
+            except Exception:  # noqa: BLE001 - never raise from a finalizer
+                pass
+
+
+class MultiModelServer(_BatchingMixin):
+    """Several registered models on one deployment, loaded on demand into an LRU of ``cacheSize`` models.
+
+    Init args: {models: {served name: {registered, version}}, cacheSize, trackingUri?, registryUri?, device}.
+    The multiplexed model id is ``"<served name>:<version>"``; only ids of the configured models load.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(spec.get("numCpus") or 1)))
+        self.spec = spec
+        self.allowed = {f"{name}:{m['version']}": (name, m) for name, m in spec["models"].items()}
+        self._loaded: set[str] = set()
+        self._events: deque[tuple[str, str]] = deque(maxlen=10_000)
+        self._lock = threading.Lock()
+
+        async def _load(model_id: str) -> _Evictable:
+            if model_id not in self.allowed:
+                raise NotFoundError(f"model {model_id!r} is not served by this deployment")
+            _, m = self.allowed[model_id]
+            lm = await asyncio.to_thread(load_registered, m["registered"], str(m["version"]), spec.get("trackingUri"),
+                                         spec.get("registryUri"), spec.get("device", "cpu"))
+            with self._lock:
+                self._loaded.add(model_id)
+                self._events.append(("load", model_id))
+            return _Evictable(lm, model_id, self._evicted)
+
+        self._get_model = serve.multiplexed(max_num_models_per_replica=int(spec.get("cacheSize", 4)))(_load)
+
+    def _evicted(self, model_id: str) -> None:
+        with self._lock:
+            self._loaded.discard(model_id)
+            self._events.append(("evict", model_id))
+
+    def _drain_events(self) -> list[tuple[str, str]]:
+        with self._lock:
+            ev = list(self._events)
+            self._events.clear()
+        return ev
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._apply_batching((user_config or {}).get("batching"))
+
+    async def _model_for_batch(self) -> LoadedModel:
+        return (await self._get_model(serve.get_multiplexed_model_id())).lm
+
+    async def _get(self) -> LoadedModel:
+        return (await self._get_model(serve.get_multiplexed_model_id())).lm
+
+    async def predict(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        mid = serve.get_multiplexed_model_id()
+        hit = mid in self._loaded
+        probs, info = await self._run(self._get, x)
+        info = dict(info, cache="hit" if hit else "miss", cache_events=self._drain_events())
+        return probs, info
+
+    async def metadata(self) -> dict[str, Any]:
+        mid = serve.get_multiplexed_model_id()
+        lm = await self._get()
+        name, _ = self.allowed[mid]
+        return {"model": name, "registered": lm.registered, "version": lm.version, "platform": "pytorch",
+                "signature": lm.signature.to_dict(), "cache_events": self._drain_events()}
+
+    async def cache_state(self) -> dict[str, Any]:
+        return {"loaded": sorted(self._loaded)}
