@@ -1,0 +1,64 @@
+"""Shared CLI plumbing: output modes, error rendering, consoles."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from aimass.exceptions import AimassError
+
+__all__ = ["Output", "console", "err_console", "emit_json", "fail", "run_app", "OUTPUT_OPTION"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+OUTPUT_OPTION = typer.Option(Output.text, "--output", "-o", help="text for people, json for scripts.")
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(exc: AimassError, output: Output = Output.text, code: int = 1) -> None:
+    """Print an AI Mass error for people (red, with the fix) or as JSON, then exit."""
+    if output == Output.json:
+        emit_json(exc.to_dict())
+    else:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run_app(app: typer.Typer) -> int:
+    try:
+        rv = app(standalone_mode=False)
+    except AimassError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return rv if isinstance(rv, int) else 0

@@ -1,0 +1,278 @@
+"""``aimass runs list|show|logs|cancel``: local runs and runs submitted to k8s, Ray or the control plane."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, err_console, fail
+from aimass.exceptions import AimassError, InvalidRequestError, NotFoundError
+
+__all__ = ["register"]
+
+runs_app = typer.Typer(help="Runs: local ones and those submitted to a cluster.", no_args_is_help=True)
+
+_COLORS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan", "PENDING": "white"}
+
+
+def _fmt_time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def _fmt_duration(start: float | None, end: float | None) -> str:
+    if not start:
+        return ""
+    d = (end or time.time()) - start
+    return f"{d:.0f}s" if d < 120 else f"{d / 60:.1f}m" if d < 7200 else f"{d / 3600:.1f}h"
+
+
+def _state(s: str) -> str:
+    return f"[{_COLORS.get(s, 'white')}]{s}[/]"
+
+
+def _local_runs(limit: int) -> list[Any]:
+    try:
+        from aimass.orchestrator.state import list_runs
+        from aimass.settings import Settings
+    except ImportError:  # the orchestrator is not installed: only submitted runs
+        return []
+    try:
+        return list_runs(Settings.load(), limit=limit)
+    except TypeError:  # an older signature without limit
+        return list_runs(Settings.load())[:limit]
+    except AimassError as exc:
+        err_console.print(f"[yellow]warning:[/] cannot read local runs: {exc}")
+        return []
+
+
+def _load_local(run_id: str) -> Any | None:
+    try:
+        from aimass.orchestrator.state import load_run
+        from aimass.settings import Settings
+    except ImportError:
+        return None
+    try:
+        return load_run(Settings.load(), run_id)
+    except (NotFoundError, FileNotFoundError, KeyError):
+        return None
+
+
+def _where(ref: Any) -> str:
+    if ref.backend == "k8s":
+        return f"k8s:{ref.namespace}"
+    return f"{ref.backend}:{ref.address}"
+
+
+def _refresh(ref: Any) -> Any:
+    """The ref with its current status (the last known one, marked, when the backend is unreachable)."""
+    from aimass.orchestrator.executors.base import RunStatus, executor_for
+
+    try:
+        ref.status = executor_for(ref).status(ref)
+    except AimassError as exc:
+        last = ref.status.state if ref.status else "UNKNOWN"
+        ref.status = RunStatus(state=last, message=f"unreachable: {exc.message}", details={"stale": True})
+    return ref
+
+
+def _local_row(r: Any) -> dict[str, Any]:
+    return {"runId": r.run_id, "pipeline": r.pipeline, "where": "local", "state": r.status, "startedAt": r.started_at,
+            "finishedAt": getattr(r, "finished_at", None), "message": (getattr(r, "error", None) or {}).get("message")
+            if isinstance(getattr(r, "error", None), dict) else None}
+
+
+def _ref_row(ref: Any) -> dict[str, Any]:
+    st = ref.status
+    return {"runId": ref.run_id, "pipeline": ref.pipeline, "where": _where(ref), "state": st.state if st else "UNKNOWN",
+            "startedAt": (st.started_at if st and st.started_at else ref.submitted_at),
+            "finishedAt": st.finished_at if st else None, "message": st.message if st else None, "owner": ref.owner}
+
+
+@runs_app.command("list")
+def list_cmd(
+    backend: Optional[str] = typer.Option(None, "--backend", help="List what a backend itself knows: k8s, ray or api "
+                                                                  "(default: local runs and your submissions)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="--backend k8s: the namespace."),
+    context: Optional[str] = typer.Option(None, "--context", help="--backend k8s: kubeconfig context."),
+    address: Optional[str] = typer.Option(None, "--address", help="--backend ray: the dashboard URL."),
+    api_url: Optional[str] = typer.Option(None, "--api-url", envvar="AIMASS_API_URL", help="--backend api: the control plane's URL."),
+    token_file: Optional[str] = typer.Option(None, "--token-file", help="--backend api/ray: token file."),
+    refresh: bool = typer.Option(True, "--refresh/--no-refresh", help="Ask the backends for the current status of submitted runs."),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="At most this many runs of each kind."),
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """List runs, newest first.
+
+    Examples:
+
+      aimass runs list
+
+      aimass runs list --backend k8s -n ml -o json
+    """
+    try:
+        if backend:
+            from aimass.cli.submit import build_executor
+
+            ex = build_executor(backend, namespace=namespace, context=context, address=address, api_url=api_url,
+                                token_file=token_file)
+            rows = [_ref_row(r) for r in ex.list()[:limit]]
+        else:
+            from aimass.orchestrator.executors.base import SubmissionStore
+
+            refs = SubmissionStore().list()[:limit]
+            if refs and refresh:
+                refs = [_refresh(r) if not (r.status and r.status.terminal) else r for r in refs]
+                store = SubmissionStore()
+                for r in refs:
+                    if not (r.status and r.status.details.get("stale")):
+                        store.update(r)
+            rows = [_ref_row(r) for r in refs] + [_local_row(r) for r in _local_runs(limit)]
+            rows.sort(key=lambda r: r.get("startedAt") or 0, reverse=True)
+    except AimassError as exc:
+        fail(exc, output)
+        return
+    if output == Output.json:
+        emit_json(rows)
+        return
+    if not rows:
+        console.print("no runs yet: `aimass run FILE` runs one here, `aimass submit FILE --to k8s` on a cluster")
+        return
+    t = Table()
+    t.add_column("run", no_wrap=True)
+    t.add_column("pipeline")
+    t.add_column("where")
+    t.add_column("state", no_wrap=True)
+    t.add_column("started")
+    t.add_column("duration", no_wrap=True)
+    t.add_column("message", overflow="fold")
+    for r in rows:
+        t.add_row(r["runId"], r["pipeline"], r["where"], _state(r["state"]), _fmt_time(r["startedAt"]),
+                  _fmt_duration(r["startedAt"], r["finishedAt"]), (r.get("message") or "")[:80])
+    console.print(t)
+
+
+def _find_ref(run_id: str) -> Any | None:
+    from aimass.orchestrator.executors.base import SubmissionStore
+
+    return SubmissionStore().find(run_id)
+
+
+@runs_app.command("show")
+def show(run_id: str = typer.Argument(..., help="Run id (see `aimass runs list`)."), output: Output = OUTPUT_OPTION) -> None:
+    """Show one run: its status and, for local runs, each step.
+
+    Example:
+
+      aimass runs show 20250101-120000-abc123
+    """
+    try:
+        ref = _find_ref(run_id)
+        if ref is not None:
+            from aimass.orchestrator.executors.base import SubmissionStore, executor_for
+
+            ref.status = executor_for(ref).status(ref)
+            SubmissionStore().update(ref)
+            if output == Output.json:
+                emit_json(ref.to_dict())
+                return
+            st = ref.status
+            console.print(f"run [bold]{ref.run_id}[/]  pipeline [bold]{ref.pipeline}[/]  on {_where(ref)}")
+            console.print(f"  state:     {_state(st.state)}" + (f"  ({st.message})" if st.message else ""))
+            console.print(f"  submitted: {_fmt_time(ref.submitted_at)}")
+            if st.started_at:
+                console.print(f"  started:   {_fmt_time(st.started_at)}   duration {_fmt_duration(st.started_at, st.finished_at)}")
+            for k, v in st.details.items():
+                if v is not None:
+                    console.print(f"  {k}: {v}")
+            return
+        run = _load_local(run_id)
+        if run is None:
+            raise NotFoundError(f"no run {run_id!r} (neither local nor submitted from here)",
+                                fix="See `aimass runs list`; runs submitted elsewhere: `aimass runs list --backend k8s`.")
+    except AimassError as exc:
+        fail(exc, output)
+        return
+    _show_local(run, output)
+
+
+def _show_local(run: Any, output: Output) -> None:
+    steps = getattr(run, "steps", {}) or {}
+    if output == Output.json:
+        to_dict = getattr(run, "to_dict", None)
+        emit_json(to_dict() if callable(to_dict) else {"runId": run.run_id, "status": run.status})
+        return
+    console.print(f"run [bold]{run.run_id}[/]  pipeline [bold]{run.pipeline}[/]  local  {_state(run.status)}")
+    console.print(f"  started: {_fmt_time(run.started_at)}   duration {_fmt_duration(run.started_at, getattr(run, 'finished_at', None))}"
+                  + (f"   MLflow run {run.mlflow_run_id}" if getattr(run, "mlflow_run_id", None) else ""))
+    t = Table("step", "state", "cached", "duration", "outputs", "MLflow run")
+    for name, s in steps.items():
+        outs = ", ".join(f"{k}={v}" for k, v in (getattr(s, "outputs", {}) or {}).items())
+        dur = getattr(s, "duration_s", None)
+        t.add_row(name, _state(s.status), "yes" if getattr(s, "cached", False) else "", f"{dur:.1f}s" if dur else "",
+                  outs[:80], getattr(s, "mlflow_run_id", None) or "")
+    console.print(t)
+
+
+@runs_app.command("logs")
+def logs(run_id: str = typer.Argument(..., help="Run id."),
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the run ends."),
+         tail: Optional[int] = typer.Option(None, "--tail", min=1, help="Only the last N lines.")) -> None:
+    """Print the driver's log of a submitted run.
+
+    Example:
+
+      aimass runs logs 20250101-120000-abc123 --follow
+    """
+    try:
+        ref = _find_ref(run_id)
+        if ref is None:
+            if _load_local(run_id) is not None:
+                raise InvalidRequestError(f"run {run_id!r} ran locally: its output went to the terminal that ran it",
+                                          fix=f"See `aimass runs show {run_id}` for each step's status and errors.")
+            raise NotFoundError(f"no submitted run {run_id!r}", fix="See `aimass runs list`.")
+        from aimass.orchestrator.executors.base import executor_for
+
+        for line in executor_for(ref).logs(ref, follow=follow, tail_lines=tail):
+            typer.echo(line)
+    except AimassError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@runs_app.command("cancel")
+def cancel(run_id: str = typer.Argument(..., help="Run id."),
+           delete: bool = typer.Option(False, "--delete", help="k8s: delete the RayJob too (default: suspend it, keeping the record)."),
+           output: Output = OUTPUT_OPTION) -> None:
+    """Stop a submitted run (k8s: the RayJob is suspended and its cluster deleted).
+
+    Example:
+
+      aimass runs cancel 20250101-120000-abc123
+    """
+    try:
+        ref = _find_ref(run_id)
+        if ref is None:
+            if _load_local(run_id) is not None:
+                raise InvalidRequestError(f"run {run_id!r} runs locally", fix="Stop it with Ctrl-C in its terminal; "
+                                          f"`aimass run --resume {run_id}` continues it later.")
+            raise NotFoundError(f"no submitted run {run_id!r}", fix="See `aimass runs list`.")
+        from aimass.orchestrator.executors.base import SubmissionStore, executor_for
+
+        ex = executor_for(ref)
+        ref.status = ex.cancel(ref, delete=True) if delete and ref.backend == "k8s" else ex.cancel(ref)
+        SubmissionStore().update(ref)
+    except AimassError as exc:
+        fail(exc, output)
+        return
+    if output == Output.json:
+        emit_json(ref.to_dict())
+    else:
+        console.print(f"run {ref.run_id}: {_state(ref.status.state)}" + (f" ({ref.status.message})" if ref.status.message else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(runs_app, name="runs")
