@@ -1,0 +1,1 @@
+"""Tests of the control-plane REST API over real HTTP."""

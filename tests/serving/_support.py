@@ -1,0 +1,197 @@
+"""Helpers of the serving tests: the cluster handle, a model registry helper, HTTP clients, a bounded
+load loop on loopback, and a process killer that ends exactly one cluster's processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GCS_PORT = int(os.environ.get("AIMASS_TEST_RAY_PORT", "6391"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    out = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(p)] = (ppid, cmd)
+    return out
+
+
+def kill_cluster(markers: list[str]) -> None:
+    """SIGKILL every process whose command line names one of ``markers``, and their descendants."""
+    procs = _proc_table()
+    me = os.getpid()
+    todo = {pid for pid, (_, cmd) in procs.items() if pid != me and any(m in cmd for m in markers)}
+    grown = True
+    while grown:
+        grown = False
+        for pid, (ppid, _) in procs.items():
+            if ppid in todo and pid not in todo and pid != me:
+                todo.add(pid)
+                grown = True
+    for pid in todo:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+@dataclass
+class Cluster:
+    home: Path
+    address: str
+    http_port: int
+    tracking_uri: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+class Registry:
+    def __init__(self, cluster: Cluster) -> None:
+        from aimass.tracking import Tracker
+
+        self.cluster = cluster
+        self.tracker = Tracker(cluster.tracking_uri)
+        self.exp = self.tracker.ensure_experiment("serving-tests", artifact_location=str(cluster.home / "mlartifacts"))
+        self._n = 0
+
+    def register(self, name: str, input_shape: list[int] | None = None, num_classes: int = 3, alias: str | None = None,
+                 broken: bool = False, seed: int = 0, class_names: list[str] | None = None) -> str:
+        """Build, save, log and register a small MLP; returns the version. ``broken``: weights that do not fit the card."""
+        import torch
+
+        from aimass.models.io import save_model
+        from aimass.models.registry import ModelCard, build_model
+
+        input_shape = input_shape or [8]
+        self._n += 1
+        d = self.cluster.home / "models" / f"{name}-{self._n}"
+        torch.manual_seed(seed)
+        card = ModelCard(name="mlp", input_shape=input_shape, num_classes=num_classes, args={"hidden": [16], "dropout": 0.0},
+                         class_names=class_names or [f"c{i}" for i in range(num_classes)])
+        save_model(build_model(card), d)
+        if broken:  # a card promising a wider network than the weights hold: strict loading fails
+            import json
+
+            doc = json.loads((d / "card.json").read_text())
+            doc["args"]["hidden"] = [32]
+            (d / "card.json").write_text(json.dumps(doc))
+        run = self.tracker.start_run(self.exp, f"{name}-{self._n}")
+        uri = self.tracker.log_model(run, d, input_shape, num_classes)
+        self.tracker.end_run(run)
+        version = self.tracker.register(uri, name, run_id=run)
+        if alias:
+            self.tracker.set_alias(name, alias, version)
+        return version
+
+    def tags(self, name: str, version: str) -> dict[str, str]:
+        return next(v["tags"] for v in self.tracker.model_versions(name) if v["version"] == str(version))
+
+
+def http_client(cluster: Cluster, token: str | None, **kw: Any):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers.update(kw.pop("headers", {}))
+    return httpx.Client(base_url=cluster.url, headers=headers, timeout=kw.pop("timeout", 30.0), **kw)
+
+
+class LoadLoop:
+    """Steady, bounded inference load on loopback from a background thread.
+
+    Records each request's outcome without retry (``raw``) and after one client retry (``final``), plus
+    the version that answered. Stops on :meth:`stop` or after ``max_s`` seconds.
+    """
+
+    def __init__(self, cluster: Cluster, token: str, path: str, payload: dict, pause_s: float = 0.01, max_s: float = 180.0) -> None:
+        import threading
+
+        self.cluster, self.token, self.path, self.payload = cluster, token, path, payload
+        self.pause_s, self.max_s = pause_s, max_s
+        self.raw: list[int] = []
+        self.final: list[int] = []
+        self.versions: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "LoadLoop":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _one(self, c) -> tuple[int, str | None]:
+        import httpx
+
+        try:
+            r = c.post(self.path, json=self.payload)
+        except httpx.HTTPError as e:
+            self.errors.append(f"{type(e).__name__}: {e}")
+            return 0, None
+        if r.status_code != 200:
+            self.errors.append(f"{r.status_code}: {r.text[:300]}")
+            return r.status_code, None
+        return 200, r.json()["model_version"]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_s
+        with http_client(self.cluster, self.token, timeout=30.0) as c:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                code, v = self._one(c)
+                self.raw.append(code)
+                if code != 200:  # one client retry, as the SDK client does
+                    time.sleep(0.05)
+                    code, v = self._one(c)
+                self.final.append(code)
+                if v is not None:
+                    self.versions.append(v)
+                time.sleep(self.pause_s)
+
+    def wait_for(self, n: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.final) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=60)
+
+    @property
+    def availability(self) -> float:
+        return sum(1 for c in self.raw if c == 200) / max(1, len(self.raw))
+
+    @property
+    def failed_after_retry(self) -> int:
+        return sum(1 for c in self.final if c != 200)
+
+
+def wait_until(pred, timeout_s: float, what: str, every_s: float = 0.25):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")

@@ -1,0 +1,136 @@
+"""The tune step on a real local Ray cluster: schedulers, search algorithms, MLflow nesting, flow downstream,
+validation before any trial starts, and a killed trial that is retried."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from aimass.data import load_source, prepare, save_dataset
+from aimass.exceptions import SpecErrors
+from aimass.spec import parse_pipeline
+from aimass.spec.configs.data import DataConfig
+from aimass.spec.configs.train import TrainConfig
+from aimass.spec.configs.tune import TuneConfig
+from aimass.steps.base import StepContext
+from aimass.steps.train import apply_best_config
+from aimass.steps.tune import TuneStep
+from aimass.storage import get_store
+from aimass.tracking import Tracker
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def env(local_ray, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    store = get_store(str(root / "artifacts"))
+    c = DataConfig.model_validate({"source": "builtin:iris"})
+    x, y, names = load_source(c, 0)
+    ds, _ = prepare(x, y, names, c, 0)
+    ref = save_dataset(ds, store, "data/dataset.npz").to_dict()
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    tr = Tracker(tracking)
+    exp = tr.ensure_experiment("tune-tests", str(root / "mlartifacts"))
+    return {"root": root, "store": store, "dataset": ref, "tracking": tracking, "tracker": tr, "exp": exp}
+
+
+def run_tune(env, name: str, cfg: dict) -> tuple[dict, str]:
+    tr = env["tracker"]
+    parent = tr.start_run(env["exp"], name)
+    ctx = StepContext(run_id=name, pipeline="p", step_name="tune", step_type="tune", inputs={"dataset": env["dataset"]},
+                      artifact_root=env["store"].root_uri, prefix=f"runs/{name}/steps/tune", tracking_uri=env["tracking"],
+                      registry_uri=None, experiment_id=env["exp"], mlflow_run_id=parent, seed=1,
+                      work_dir=str(env["root"] / f"work-{name}"))
+    out = TuneStep().run(ctx, TuneConfig.model_validate(cfg))
+    return out, parent
+
+
+BASE = {"train": {"model": "mlp", "epochs": 4, "batchSize": 16, "modelArgs": {"hidden": [16]}},
+        "searchSpace": {"optimizer.lr": {"loguniform": [0.001, 0.1]}}, "numSamples": 3, "maxConcurrentTrials": 2}
+
+
+@pytest.mark.parametrize("scheduler,algo", [("fifo", "random"), ("asha", "optuna"), ("hyperband", "random"), ("pbt", "random")])
+def test_schedulers_and_search_algorithms(env, scheduler, algo):
+    cfg = {**BASE, "scheduler": {"type": scheduler, "gracePeriod": 1, "perturbationInterval": 1}, "searchAlgorithm": algo}
+    out, parent = run_tune(env, f"s-{scheduler}", cfg)
+    assert set(out["best_config"]) == {"optimizer.lr"} and 0.001 <= out["best_config"]["optimizer.lr"] <= 0.1
+    m = out["tune_metrics"]
+    assert m["trials"] == 3 and 3 <= m["trial_epochs"] <= 12 and 0 < m["best_val_accuracy"] <= 1
+    assert env["store"].exists(out["model"]["key"] + "/weights.safetensors")
+    if scheduler == "fifo":
+        assert m["trial_epochs"] == 12  # FIFO never stops a trial early
+    trials = env["tracker"].child_runs(parent, env["exp"])
+    assert len(trials) == 3 and all(t.tags["aimass.kind"] == "trial" for t in trials)
+    assert sum(t.tags.get("aimass.best_trial") == "true" for t in trials) == 1
+    assert all(len(env["tracker"].get_metric_history(t.run_id, "val_accuracy")) >= 1 for t in trials)
+
+
+def test_grid_and_best_config_flows_to_train(env):
+    cfg = {**BASE, "searchSpace": {"batchSize": {"grid": [8, 32]}, "modelArgs.hidden": {"choice": [[8], [32]]}}, "numSamples": 1}
+    out, parent = run_tune(env, "grid", cfg)
+    assert out["tune_metrics"]["trials"] == 2
+    assert out["best_config"]["batchSize"] in (8, 32)
+    train = apply_best_config(TrainConfig.model_validate({"model": "mlp", "trainOn": "train+val"}), out["best_config"])
+    assert train.batch_size == out["best_config"]["batchSize"] and train.model_args["hidden"] == out["best_config"]["modelArgs.hidden"]
+    arts = {a.path for a in env["tracker"].client.list_artifacts(parent)} | {
+        a.path for a in env["tracker"].client.list_artifacts(parent, "plots")}
+    assert {"tuning_results.csv", "plots/tuning_results.png"} <= arts
+
+
+def test_killed_trial_is_retried_and_the_search_finishes(env):
+    import psutil
+
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            ck = list((env["root"] / "artifacts" / "runs" / "kill" / "steps" / "tune" / "tune").rglob("checkpoint_*"))
+            if ck:
+                for p in psutil.process_iter(["pid", "cmdline"]):
+                    cmd = p.info["cmdline"] or []
+                    if cmd and cmd[0].startswith("ray::ImplicitFunc"):
+                        os.kill(p.info["pid"], signal.SIGKILL)
+                        killed.append(p.info["pid"])
+                        return
+            time.sleep(0.1)
+
+    threading.Thread(target=killer, daemon=True).start()
+    cfg = {**BASE, "train": {**BASE["train"], "epochs": 30, "batchSize": 4}, "numSamples": 1, "maxFailures": 2}
+    out, _ = run_tune(env, "kill", cfg)
+    assert killed, "no trial process was killed"
+    assert out["tune_metrics"]["trials"] == 1 and out["tune_metrics"]["trial_epochs"] == 30
+    assert out["tune_metrics"]["best_val_accuracy"] > 0
+
+
+HEAD = """apiVersion: aimass.io/v1alpha1
+kind: Pipeline
+metadata: {name: t}
+spec:
+  steps:
+    - {name: data, type: data, config: {source: "builtin:iris"}}
+    - name: tune
+      type: tune
+      dependsOn: [data]
+      config:
+"""
+
+
+@pytest.mark.parametrize("body, message", [
+    ("searchSpace: {batchSize: {choice: []}}", "at least one value"),
+    ("searchSpace: {optimizer.lr: {uniform: [0.1, 0.01]}}", "low must be < high"),
+    ("searchSpace: {optimizer.lr: {loguniform: [0, 1]}}", "log of 0"),
+    ("searchSpace: {optimizer.lr: {uniform: [0.1, 1]}}\n        scheduler: {type: median}", "scheduler.type"),
+    ("searchSpace: {optimizer.lr: {uniform: [0.1, 1]}}\n        scheduler: {type: pbt}\n        checkpoint: false", "pbt scheduler needs checkpoints"),
+    ("searchSpace: {optimizer.lr: {uniform: [0.1, 1]}}\n        metric: f1", "metric"),
+    ("searchSpace: {optimizer.lrate: {uniform: [0.1, 1]}}", "does not fit the train config"),
+])
+def test_bad_search_spaces_fail_at_validation(body, message):
+    with pytest.raises(SpecErrors, match=message) as ei:
+        parse_pipeline(HEAD + "        " + body + "\n", source="tuned.yaml")
+    assert "tuned.yaml:" in str(ei.value)
