@@ -211,9 +211,8 @@ class Cluster:
                            "RAY_USAGE_STATS_ENABLED": "0"})
         for k in ("AIMASS_SERVE_TOKEN", "AIMASS_SERVE_TOKEN_FILE", "RAY_ADDRESS", "AIMASS_RAY_ADDRESS"):
             os.environ.pop(k, None)
-        if hasattr(rr, "token_file"):
-            os.environ["RAY_AUTH_TOKEN_PATH"] = str(rr.token_file(home))
-        self.temp_dir = rr.ray_temp_dir(home) if hasattr(rr, "ray_temp_dir") else str(home)
+        rr.use_cluster_token(home)
+        self.temp_dir = rr.ray_temp_dir(home)
 
     def __enter__(self) -> "Cluster":
         import ray
@@ -232,8 +231,7 @@ class Cluster:
         except Exception:  # noqa: BLE001
             pass
         ray.shutdown()
-        if hasattr(self.rr, "ray_temp_dir"):  # stops this home's cluster only
-            self.rr.stop_local_cluster(self.home)
+        self.rr.stop_local_cluster(self.home)  # this home's cluster only
         _kill_marked([self.temp_dir, str(self.home), f":{self.gcs_port} "])  # the Ray client server names only the port
         if self.temp_dir.startswith("/tmp/aimass-ray-"):
             shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -34,26 +34,20 @@ def _state(s: str) -> str:
 
 
 def _local_runs(limit: int) -> list[Any]:
-    try:
-        from aimass.orchestrator.state import list_runs
-        from aimass.settings import Settings
-    except ImportError:  # the orchestrator is not installed: only submitted runs
-        return []
+    from aimass.orchestrator.state import list_runs
+    from aimass.settings import Settings
+
     try:
         return list_runs(Settings.load(), limit=limit)
-    except TypeError:  # an older signature without limit
-        return list_runs(Settings.load())[:limit]
     except AimassError as exc:
         err_console.print(f"[yellow]warning:[/] cannot read local runs: {exc}")
         return []
 
 
 def _load_local(run_id: str) -> Any | None:
-    try:
-        from aimass.orchestrator.state import load_run
-        from aimass.settings import Settings
-    except ImportError:
-        return None
+    from aimass.orchestrator.state import load_run
+    from aimass.settings import Settings
+
     try:
         return load_run(Settings.load(), run_id)
     except (NotFoundError, FileNotFoundError, KeyError):
@@ -79,16 +73,15 @@ def _refresh(ref: Any) -> Any:
 
 
 def _local_row(r: Any) -> dict[str, Any]:
-    return {"runId": r.run_id, "pipeline": r.pipeline, "where": "local", "state": r.status, "startedAt": r.started_at,
-            "finishedAt": getattr(r, "finished_at", None), "message": (getattr(r, "error", None) or {}).get("message")
-            if isinstance(getattr(r, "error", None), dict) else None}
+    return {"run_id": r.run_id, "pipeline": r.pipeline, "where": "local", "state": r.status, "started_at": r.started_at,
+            "finished_at": r.finished_at, "message": (r.error or {}).get("message")}
 
 
 def _ref_row(ref: Any) -> dict[str, Any]:
     st = ref.status
-    return {"runId": ref.run_id, "pipeline": ref.pipeline, "where": _where(ref), "state": st.state if st else "UNKNOWN",
-            "startedAt": (st.started_at if st and st.started_at else ref.submitted_at),
-            "finishedAt": st.finished_at if st else None, "message": st.message if st else None, "owner": ref.owner}
+    return {"run_id": ref.run_id, "pipeline": ref.pipeline, "where": _where(ref), "state": st.state if st else "UNKNOWN",
+            "started_at": (st.started_at if st and st.started_at else ref.submitted_at),
+            "finished_at": st.finished_at if st else None, "message": st.message if st else None, "owner": ref.owner}
 
 
 @runs_app.command("list")
@@ -130,7 +123,7 @@ def list_cmd(
                     if not (r.status and r.status.details.get("stale")):
                         store.update(r)
             rows = [_ref_row(r) for r in refs] + [_local_row(r) for r in _local_runs(limit)]
-            rows.sort(key=lambda r: r.get("startedAt") or 0, reverse=True)
+            rows.sort(key=lambda r: r.get("started_at") or 0, reverse=True)
     except AimassError as exc:
         fail(exc, output)
         return
@@ -149,8 +142,8 @@ def list_cmd(
     t.add_column("duration", no_wrap=True)
     t.add_column("message", overflow="fold")
     for r in rows:
-        t.add_row(r["runId"], r["pipeline"], r["where"], _state(r["state"]), _fmt_time(r["startedAt"]),
-                  _fmt_duration(r["startedAt"], r["finishedAt"]), (r.get("message") or "")[:80])
+        t.add_row(r["run_id"], r["pipeline"], r["where"], _state(r["state"]), _fmt_time(r["started_at"]),
+                  _fmt_duration(r["started_at"], r["finished_at"]), (r.get("message") or "")[:80])
     console.print(t)
 
 
@@ -199,20 +192,17 @@ def show(run_id: str = typer.Argument(..., help="Run id (see `aimass runs list`)
 
 
 def _show_local(run: Any, output: Output) -> None:
-    steps = getattr(run, "steps", {}) or {}
     if output == Output.json:
-        to_dict = getattr(run, "to_dict", None)
-        emit_json(to_dict() if callable(to_dict) else {"runId": run.run_id, "status": run.status})
+        emit_json(run.to_dict())
         return
     console.print(f"run [bold]{run.run_id}[/]  pipeline [bold]{run.pipeline}[/]  local  {_state(run.status)}")
-    console.print(f"  started: {_fmt_time(run.started_at)}   duration {_fmt_duration(run.started_at, getattr(run, 'finished_at', None))}"
-                  + (f"   MLflow run {run.mlflow_run_id}" if getattr(run, "mlflow_run_id", None) else ""))
+    console.print(f"  started: {_fmt_time(run.started_at)}   duration {_fmt_duration(run.started_at, run.finished_at)}"
+                  + (f"   MLflow run {run.mlflow_run_id}" if run.mlflow_run_id else ""))
     t = Table("step", "state", "cached", "duration", "outputs", "MLflow run")
-    for name, s in steps.items():
-        outs = ", ".join(f"{k}={v}" for k, v in (getattr(s, "outputs", {}) or {}).items())
-        dur = getattr(s, "duration_s", None)
-        t.add_row(name, _state(s.status), "yes" if getattr(s, "cached", False) else "", f"{dur:.1f}s" if dur else "",
-                  outs[:80], getattr(s, "mlflow_run_id", None) or "")
+    for name, s in run.steps.items():
+        outs = ", ".join(f"{k}={v}" for k, v in s.outputs.items())
+        t.add_row(name, _state(s.status), "yes" if s.cached else "", f"{s.duration_s:.1f}s" if s.duration_s else "",
+                  outs[:80], s.mlflow_run_id or "")
     console.print(t)
 
 

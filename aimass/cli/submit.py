@@ -194,7 +194,7 @@ def _dry_run(to: str, ex: Any, spec: Any, rid: str, labels: dict[str, str], outp
     from aimass.orchestrator.executors.base import build_entrypoint, entrypoint_string
 
     argv = build_entrypoint(getattr(ex, "action", "run"), spec_path="pipeline.yaml", run_id=rid)
-    plan = {"backend": to, "address": getattr(ex, "address", getattr(ex, "url", None)), "runId": rid,
+    plan = {"backend": to, "address": getattr(ex, "address", getattr(ex, "url", None)), "run_id": rid,
             "entrypoint": entrypoint_string(argv), "labels": labels, "spec": spec.dump()}
     if output == Output.json:
         emit_json(plan)

@@ -50,7 +50,12 @@ def token_file(home: Path) -> Path:
     return f
 
 
-def _use_local_token(home: Path) -> None:
+def use_cluster_token(home: Path) -> None:
+    """Point this process's Ray client at the token of ``home``'s local cluster.
+
+    Ray reads the auth mode and the token once and caches them, so a process that talks to several
+    local clusters in turn (a test session, a benchmark) must refresh the cache before each ``ray.init``.
+    """
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file(home))
     os.environ.pop("RAY_AUTH_TOKEN", None)
@@ -185,7 +190,7 @@ def ensure_ray(address: str | None = None, *, home: Path | None = None, persiste
         from aimass.settings import aimass_home
 
         home = home or aimass_home()
-        _use_local_token(home)  # before anything in Ray reads the auth mode
+        use_cluster_token(home)  # before anything in Ray reads the auth mode
         address = start_local_cluster(home, num_cpus=num_cpus)
     if address:
         # Ray's own helpers (e.g. Train's placement-group cleaner) look the cluster up by RAY_ADDRESS;

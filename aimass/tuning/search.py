@@ -150,7 +150,7 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
     trainable = tune.with_resources(trial_fn, per_trial)
     callbacks = [MlflowTrialLogger(tracking_uri, experiment_id, parent_run_id, pipeline)] if tracking_uri and parent_run_id else []
     run_config = RunConfig(name=name, storage_path=storage_path, failure_config=FailureConfig(max_failures=cfg.max_failures),
-                           callbacks=callbacks, verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=2) if cfg.checkpoint else None)
+                           callbacks=callbacks, verbose=0, checkpoint_config=_checkpoint_config(cfg, mode))
     space = {**param_space(cfg), TRIAL_KEYS: fixed}
     restored = Tuner.can_restore(exp_path)
     if restored:
@@ -174,18 +174,19 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
         errors = "; ".join(str(r.error)[:200] for r in grid if r.error) or "no trial reported the metric"
         raise StepError(f"every tuning trial failed: {errors}", fix="See the trial logs in MLflow; check the search space.")
     best = grid.get_best_result(metric=cfg.metric, mode=mode, scope="all")
-    ckpt = best.get_best_checkpoint(metric=cfg.metric, mode=mode) if best.best_checkpoints else best.checkpoint
+    ckpt, best_row = _best_epoch(best, cfg.metric, mode)
     out = Path(work_dir or tempfile.mkdtemp()) / "best-checkpoint"
     if out.exists():
         shutil.rmtree(out)
     if ckpt is not None:
         ckpt.to_directory(str(out))
-    elif best.metrics.get("checkpoint_path"):  # a distributed trial: its checkpoint lives in Train's storage
-        shutil.copytree(best.metrics["checkpoint_path"], out)
+    elif best_row.get("checkpoint_path"):  # a distributed trial: its checkpoint lives in Train's storage
+        shutil.copytree(best_row["checkpoint_path"], out)
     else:
         raise StepError("the best trial has no checkpoint", fix="Keep checkpoint: true in the tune step.")
     best_config = {k: v for k, v in best.config.items() if k != TRIAL_KEYS}
-    best_metrics = {k: v for k, v in best.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # The metrics of the epoch whose checkpoint becomes the model, not the trial's last report.
+    best_metrics = {k: v for k, v in best_row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if callbacks:
         cb = callbacks[0]
         rid = cb.runs.get(best.metrics.get("trial_id"))
@@ -195,3 +196,26 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
             except Exception as exc:  # pragma: no cover
                 log.warning("could not tag the best trial: %s", exc)
     return SearchResult(best_config, best_metrics, out, trials, trial_epochs, restored)
+
+
+def _checkpoint_config(cfg: Any, mode: str) -> Any:
+    """Keep the two best-scoring checkpoints of a trial (Tune always keeps its latest one as well,
+    which PBT and restarts need), so the best epoch's weights are still there when the search ends."""
+    from ray import tune
+
+    if not cfg.checkpoint:
+        return None
+    return tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=mode)
+
+
+def _best_epoch(best: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
+    """The best trial's best epoch: (its checkpoint or None, the metrics it reported then)."""
+    pick = max if mode == "max" else min
+    scored = [(c, m) for c, m in (best.best_checkpoints or []) if m.get(metric) is not None]
+    if scored:
+        return pick(scored, key=lambda cm: cm[1][metric])
+    df = best.metrics_dataframe
+    if df is not None and metric in df and df[metric].notna().any():
+        row = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
+        return best.checkpoint if best.metrics.get(metric) == row[metric] else None, {k: v for k, v in row.items() if v == v}
+    return best.checkpoint, dict(best.metrics or {})

@@ -53,7 +53,7 @@ def test_submit_then_runs_list_show_logs_cancel(cli, fake):
     fake.set_rayjob_status(NAMESPACE, f"aimass-{RID}", jobDeploymentStatus="Running", jobStatus="RUNNING")
     r = cli("runs", "list", "-o", "json")
     assert r.exit_code == 0, r.output
-    row = [x for x in json.loads(r.stdout) if x["runId"] == RID][0]
+    row = [x for x in json.loads(r.stdout) if x["run_id"] == RID][0]
     assert row["state"] == "RUNNING" and row["where"] == f"k8s:{NAMESPACE}"
 
     r = cli("runs", "list")  # the table for people
@@ -120,20 +120,19 @@ def test_runs_list_shows_local_runs_too(cli, monkeypatch):
     """Local runs come from aimass.orchestrator.state (the lead's module), merged with submissions."""
     import aimass.orchestrator.state as state
 
-    from types import SimpleNamespace
-
-    step = SimpleNamespace(status="SUCCEEDED", cached=True, duration_s=1.5, outputs={"dataset": "file:///d"}, mlflow_run_id="m1")
-    # The documented shape of aimass.orchestrator.state.RunState (only these attributes are used).
-    local = SimpleNamespace(run_id="20250101-000000-local1", pipeline="tiny", status="SUCCEEDED", started_at=1_700_000_000.0,
-                            finished_at=1_700_000_042.0, steps={"data": step}, mlflow_run_id="m0", error=None)
+    step = state.StepState(name="data", type="data", status="SUCCEEDED", cached=True, duration_s=1.5,
+                           outputs={"dataset": "file:///d"}, mlflow_run_id="m1")
+    local = state.RunState(run_id="20250101-000000-local1", pipeline="tiny", spec={}, spec_sha256="0" * 64,
+                           status="SUCCEEDED", started_at=1_700_000_000.0, finished_at=1_700_000_042.0,
+                           steps={"data": step}, mlflow_run_id="m0")
     monkeypatch.setattr(state, "list_runs", lambda settings=None, limit=50: [local])
     monkeypatch.setattr(state, "load_run", lambda settings, run_id: local if run_id == local.run_id else
                         (_ for _ in ()).throw(__import__("aimass.exceptions").exceptions.NotFoundError("no run")))
     r = cli("runs", "list", "-o", "json")
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
-    assert rows == [{"runId": local.run_id, "pipeline": "tiny", "where": "local", "state": "SUCCEEDED",
-                     "startedAt": 1_700_000_000.0, "finishedAt": 1_700_000_042.0, "message": None}]
+    assert rows == [{"run_id": local.run_id, "pipeline": "tiny", "where": "local", "state": "SUCCEEDED",
+                     "started_at": 1_700_000_000.0, "finished_at": 1_700_000_042.0, "message": None}]
     r = cli("runs", "show", local.run_id)
     assert r.exit_code == 0 and "SUCCEEDED" in r.stdout and "data" in r.stdout and "yes" in r.stdout
     r = cli("runs", "logs", local.run_id)

@@ -111,7 +111,7 @@ def test_cli_submit_watch_and_runs_commands(ray_cluster, tmp_path):
 
     r = runner.invoke(app, ["runs", "list", "-o", "json"])
     assert r.exit_code == 0, r.output
-    rows = {row["runId"]: row for row in json.loads(r.stdout)}
+    rows = {row["run_id"]: row for row in json.loads(r.stdout)}
     assert rows["20250102-000000-dddddd"]["state"] == "SUCCEEDED"
     assert rows["20250102-000000-dddddd"]["where"] == f"ray:{ray_cluster.address}"
 

@@ -41,11 +41,12 @@ def serving_cluster():
 
     from aimass.orchestrator import ray_runtime as rr
 
-    temp_dir = rr.ray_temp_dir(home) if hasattr(rr, "ray_temp_dir") else str(home)
+    temp_dir = rr.ray_temp_dir(home)
     markers = [str(home), temp_dir, f":{GCS_PORT} "]
-    if hasattr(rr, "token_file"):  # this home's own Ray token, as ensure_ray() uses it
-        saved.setdefault("RAY_AUTH_TOKEN_PATH", os.environ.get("RAY_AUTH_TOKEN_PATH"))
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(rr.token_file(home))
+    saved.setdefault("RAY_AUTH_TOKEN_PATH", os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    if ray.is_initialized():  # an earlier module's connection to the session cluster
+        ray.shutdown()
+    rr.use_cluster_token(home)  # this home's own Ray token (Ray caches the previous cluster's)
     try:
         address = rr.start_local_cluster(home, num_cpus=8, port=GCS_PORT, dashboard_port=free_port())
         ray.init(address=address, logging_level="ERROR", log_to_driver=False, namespace="aimass-tests")
@@ -62,11 +63,10 @@ def serving_cluster():
             pass
         kill_cluster(markers)  # SIGKILL: a throw-away cluster needs no graceful stop
         time.sleep(0.5)
-        if hasattr(rr, "ray_temp_dir"):  # the per-home stop (older versions ran `ray stop`, ending every cluster)
-            try:
-                rr.stop_local_cluster(home, timeout_s=5)
-            except Exception:  # noqa: BLE001
-                pass
+        try:
+            rr.stop_local_cluster(home, timeout_s=5)
+        except Exception:  # noqa: BLE001
+            pass
         if temp_dir.startswith("/tmp/aimass-ray-"):
             shutil.rmtree(temp_dir, ignore_errors=True)
         for k, v in saved.items():

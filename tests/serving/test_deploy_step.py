@@ -83,10 +83,13 @@ models:
         # the autoscaling bounds reached Serve's autoscaler
         from ray.serve.context import _get_global_client
 
+        from aimass.serving.controller import model_deployment
+
         details = _get_global_client().get_serve_details()["applications"]["cli"]["deployments"]
-        auto = details["b--1"]["deployment_config"]["autoscaling_config"]
+        b = details[model_deployment("b", "cli-b", "1")]["deployment_config"]
+        auto = b["autoscaling_config"]
         assert (auto["min_replicas"], auto["max_replicas"], auto["target_ongoing_requests"]) == (1, 3, 2.0)
-        assert details["b--1"]["deployment_config"]["max_queued_requests"] == 256
+        assert b["max_queued_requests"] == 256
         for name, width, classes in (("a", 3, 2), ("b", 4, 5)):
             res = runner.invoke(cli, ["predict", name, "--input", json.dumps([[0.5] * width]), "--url", f"{serving_cluster.url}/cli",
                                       "--output", "json"])

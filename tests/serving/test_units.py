@@ -95,7 +95,7 @@ def test_to_serve_config_v2_is_a_valid_serve_deploy_schema():
 
     c = cfg(auth={"tokenFile": "/var/run/secrets/aimass/serve-token"})
     doc = to_serve_config_v2(c, http_port=8000)
-    parsed = ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(doc)
+    parsed = ServeDeploySchema.model_validate(doc)
     app = parsed.applications[0]
     assert app.import_path == "aimass.serving.app:app_builder"
     assert ServeConfig.model_validate(app.args) == c  # args are the ServeConfig document, verbatim

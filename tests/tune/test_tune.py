@@ -68,6 +68,11 @@ def test_schedulers_and_search_algorithms(env, scheduler, algo):
     assert len(trials) == 3 and all(t.tags["aimass.kind"] == "trial" for t in trials)
     assert sum(t.tags.get("aimass.best_trial") == "true" for t in trials) == 1
     assert all(len(env["tracker"].get_metric_history(t.run_id, "val_accuracy")) >= 1 for t in trials)
+    # The reported best is the best epoch of the best trial (whose checkpoint became the model), not its last epoch.
+    best = next(t for t in trials if t.tags.get("aimass.best_trial") == "true")
+    best_curve = [v for _, v in env["tracker"].get_metric_history(best.run_id, "val_accuracy")]
+    everything = [v for t in trials for _, v in env["tracker"].get_metric_history(t.run_id, "val_accuracy")]
+    assert m["best_val_accuracy"] == pytest.approx(max(best_curve)) == pytest.approx(max(everything))
 
 
 def test_grid_and_best_config_flows_to_train(env):
