@@ -10,6 +10,8 @@ Routes (all ``/v1`` routes need ``Authorization: Bearer <token>``):
 * ``GET /v1/pipelines/runs/{run_id}/logs?tailLines=N&follow=true``: the driver's log, text/plain.
 * ``POST /v1/pipelines/runs/{run_id}:cancel``: stop a run.
 * ``GET /healthz`` (alive), ``GET /readyz`` (backend reachable), ``GET /openapi.json``.
+* ``GET /metrics``: Prometheus text (requests by route and status, latency, submissions, auth
+  failures, rate-limited requests); it needs a token like the ``/v1`` routes.
 
 Limits: bodies over ``max_body_bytes`` get 413 before parsing (Content-Length or while streaming);
 each identity has a token bucket (429 + ``Retry-After``); failed authentications are rate limited
@@ -33,6 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aimass.api.config import ApiConfig
+from aimass.api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 from aimass.api.models import SERVER_OWNED_FIELDS, ErrorBody, Health, RunList, RunOut, SubmitRunRequest
 from aimass.api.security import BodyLimitMiddleware, RateLimiter, authenticate_header, retry_after_header
 from aimass.exceptions import AimassError, AuthError, InvalidRequestError, NotFoundError, SpecError
@@ -166,6 +169,7 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
         docs_url=None, redoc_url=None, openapi_url="/openapi.json",
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    metrics = ApiMetrics()
     limiter = RateLimiter(config.rate_per_s, config.burst, clock)
     failed_auth = RateLimiter(max(1.0, config.rate_per_s), max(10, config.burst), clock)
     bearer = HTTPBearer(auto_error=False, description="A token from the server's AIMASS_API_TOKEN_FILE.")
@@ -216,9 +220,12 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
 
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):
+        t0 = time.perf_counter()
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
+        route = request.scope.get("route")
+        metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - t0)
         return response
 
     # --- auth -----------------------------------------------------------------------------------
@@ -229,6 +236,7 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
             header = request.headers.get("authorization")
             identity = authenticate_header(header, config.tokens)
             if identity is None:
+                metrics.auth_failures.inc()
                 client = request.client.host if request.client else "unknown"
                 wait = failed_auth.take(client)
                 if wait:
@@ -241,6 +249,7 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
                 raise err
         wait = limiter.take(identity)
         if wait:
+            metrics.rate_limited.inc()
             err = _Limited("rate limit exceeded", got=f"{config.rate_per_s:g}/s, burst {config.burst}",
                            fix=f"Retry after {retry_after_header(wait)} s.")
             err.headers = {"Retry-After": retry_after_header(wait)}
@@ -276,6 +285,7 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
             spec = parse_pipeline(body.spec_yaml or "", source="specYaml")
         run_id = body.run_name or new_run_id()
         ref = get_backend().submit(spec, run_id, labels=dict(body.labels), owner=identity)
+        metrics.submissions.inc()
         out = _run_out(ref).model_dump(mode="json", by_alias=True)
         return JSONResponse(out, status_code=201, headers={"Location": f"/v1/pipelines/runs/{ref.run_id}"})
 
@@ -355,6 +365,13 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
         if holder["ready_err"]:
             return JSONResponse({"status": "unavailable", "detail": holder["ready_err"][:500]}, status_code=503)
         return Health(status="ready")
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics of this API process",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+                        **_error_responses(400, 401, 413, 422, 429)},
+             dependencies=[Depends(_only_query())])
+    def prometheus_metrics(identity: Principal) -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.state.config = config
     app.state.get_backend = get_backend

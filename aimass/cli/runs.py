@@ -84,15 +84,31 @@ def _ref_row(ref: Any) -> dict[str, Any]:
             "finished_at": st.finished_at if st else None, "message": st.message if st else None, "owner": ref.owner}
 
 
+# The backend options of every `runs` command: ask a backend itself instead of this machine's records.
+BACKEND = typer.Option(None, "--backend", help="Ask a backend itself: k8s, ray or api (default: local runs and your submissions).")
+NAMESPACE = typer.Option(None, "--namespace", "-n", help="--backend k8s: the namespace.")
+CONTEXT = typer.Option(None, "--context", help="--backend k8s: kubeconfig context.")
+ADDRESS = typer.Option(None, "--address", help="--backend ray: the dashboard URL.")
+API_URL = typer.Option(None, "--api-url", envvar="AIMASS_API_URL", help="--backend api: the control plane's URL.")
+TOKEN_FILE = typer.Option(None, "--token-file", help="--backend api/ray: token file.")
+
+
+def _backend(backend: str, namespace: str | None, context: str | None, address: str | None, api_url: str | None,
+             token_file: str | None) -> Any:
+    from aimass.cli.submit import build_executor
+
+    return build_executor(backend, namespace=namespace, context=context, address=address, api_url=api_url,
+                          token_file=token_file)
+
+
 @runs_app.command("list")
 def list_cmd(
-    backend: Optional[str] = typer.Option(None, "--backend", help="List what a backend itself knows: k8s, ray or api "
-                                                                  "(default: local runs and your submissions)."),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="--backend k8s: the namespace."),
-    context: Optional[str] = typer.Option(None, "--context", help="--backend k8s: kubeconfig context."),
-    address: Optional[str] = typer.Option(None, "--address", help="--backend ray: the dashboard URL."),
-    api_url: Optional[str] = typer.Option(None, "--api-url", envvar="AIMASS_API_URL", help="--backend api: the control plane's URL."),
-    token_file: Optional[str] = typer.Option(None, "--token-file", help="--backend api/ray: token file."),
+    backend: Optional[str] = BACKEND,
+    namespace: Optional[str] = NAMESPACE,
+    context: Optional[str] = CONTEXT,
+    address: Optional[str] = ADDRESS,
+    api_url: Optional[str] = API_URL,
+    token_file: Optional[str] = TOKEN_FILE,
     refresh: bool = typer.Option(True, "--refresh/--no-refresh", help="Ask the backends for the current status of submitted runs."),
     limit: int = typer.Option(20, "--limit", min=1, max=1000, help="At most this many runs of each kind."),
     output: Output = OUTPUT_OPTION,
@@ -107,10 +123,7 @@ def list_cmd(
     """
     try:
         if backend:
-            from aimass.cli.submit import build_executor
-
-            ex = build_executor(backend, namespace=namespace, context=context, address=address, api_url=api_url,
-                                token_file=token_file)
+            ex = _backend(backend, namespace, context, address, api_url, token_file)
             rows = [_ref_row(r) for r in ex.list()[:limit]]
         else:
             from aimass.orchestrator.executors.base import SubmissionStore
@@ -147,27 +160,45 @@ def list_cmd(
     console.print(t)
 
 
-def _find_ref(run_id: str) -> Any | None:
+def _find_ref(run_id: str, backend: tuple) -> tuple[Any, Any] | tuple[None, None]:
+    """(ref, executor) of a submitted run: from the backend itself with ``--backend``, else from the
+    submissions made on this machine; (None, None) when it is not a submitted run we know."""
+    from aimass.orchestrator.executors.base import SubmissionStore, executor_for
+
+    if backend[0]:
+        ex = _backend(*backend)
+        return ex.get(run_id), ex  # NotFoundError from the backend names what it looked at
+    ref = SubmissionStore().find(run_id)
+    return (ref, executor_for(ref)) if ref is not None else (None, None)
+
+
+def _remember(ref: Any) -> None:
+    """Update this machine's record of a submission (runs found through --backend may not be in it)."""
     from aimass.orchestrator.executors.base import SubmissionStore
 
-    return SubmissionStore().find(run_id)
+    store = SubmissionStore()
+    if store.find(ref.run_id) is not None:
+        store.update(ref)
 
 
 @runs_app.command("show")
-def show(run_id: str = typer.Argument(..., help="Run id (see `aimass runs list`)."), output: Output = OUTPUT_OPTION) -> None:
+def show(run_id: str = typer.Argument(..., help="Run id (see `aimass runs list`)."),
+         backend: Optional[str] = BACKEND, namespace: Optional[str] = NAMESPACE, context: Optional[str] = CONTEXT,
+         address: Optional[str] = ADDRESS, api_url: Optional[str] = API_URL, token_file: Optional[str] = TOKEN_FILE,
+         output: Output = OUTPUT_OPTION) -> None:
     """Show one run: its status and, for local runs, each step.
 
-    Example:
+    Examples:
 
       aimass runs show 20250101-120000-abc123
+
+      aimass runs show 20250101-120000-abc123 --backend k8s -n ml
     """
     try:
-        ref = _find_ref(run_id)
+        ref, ex = _find_ref(run_id, (backend, namespace, context, address, api_url, token_file))
         if ref is not None:
-            from aimass.orchestrator.executors.base import SubmissionStore, executor_for
-
-            ref.status = executor_for(ref).status(ref)
-            SubmissionStore().update(ref)
+            ref.status = ex.status(ref)
+            _remember(ref)
             if output == Output.json:
                 emit_json(ref.to_dict())
                 return
@@ -209,23 +240,26 @@ def _show_local(run: Any, output: Output) -> None:
 @runs_app.command("logs")
 def logs(run_id: str = typer.Argument(..., help="Run id."),
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the run ends."),
-         tail: Optional[int] = typer.Option(None, "--tail", min=1, help="Only the last N lines.")) -> None:
+         tail: Optional[int] = typer.Option(None, "--tail", min=1, help="Only the last N lines."),
+         backend: Optional[str] = BACKEND, namespace: Optional[str] = NAMESPACE, context: Optional[str] = CONTEXT,
+         address: Optional[str] = ADDRESS, api_url: Optional[str] = API_URL, token_file: Optional[str] = TOKEN_FILE) -> None:
     """Print the driver's log of a submitted run.
 
-    Example:
+    Examples:
 
       aimass runs logs 20250101-120000-abc123 --follow
+
+      aimass runs logs 20250101-120000-abc123 --backend ray --address http://127.0.0.1:8265
     """
     try:
-        ref = _find_ref(run_id)
+        ref, ex = _find_ref(run_id, (backend, namespace, context, address, api_url, token_file))
         if ref is None:
             if _load_local(run_id) is not None:
                 raise InvalidRequestError(f"run {run_id!r} ran locally: its output went to the terminal that ran it",
                                           fix=f"See `aimass runs show {run_id}` for each step's status and errors.")
-            raise NotFoundError(f"no submitted run {run_id!r}", fix="See `aimass runs list`.")
-        from aimass.orchestrator.executors.base import executor_for
-
-        for line in executor_for(ref).logs(ref, follow=follow, tail_lines=tail):
+            raise NotFoundError(f"no submitted run {run_id!r}", fix="See `aimass runs list`; a run submitted "
+                                "elsewhere: add --backend k8s|ray|api.")
+        for line in ex.logs(ref, follow=follow, tail_lines=tail):
             typer.echo(line)
     except AimassError as exc:
         fail(exc)
@@ -236,25 +270,27 @@ def logs(run_id: str = typer.Argument(..., help="Run id."),
 @runs_app.command("cancel")
 def cancel(run_id: str = typer.Argument(..., help="Run id."),
            delete: bool = typer.Option(False, "--delete", help="k8s: delete the RayJob too (default: suspend it, keeping the record)."),
+           backend: Optional[str] = BACKEND, namespace: Optional[str] = NAMESPACE, context: Optional[str] = CONTEXT,
+           address: Optional[str] = ADDRESS, api_url: Optional[str] = API_URL, token_file: Optional[str] = TOKEN_FILE,
            output: Output = OUTPUT_OPTION) -> None:
     """Stop a submitted run (k8s: the RayJob is suspended and its cluster deleted).
 
-    Example:
+    Examples:
 
       aimass runs cancel 20250101-120000-abc123
+
+      aimass runs cancel 20250101-120000-abc123 --backend k8s -n ml --delete
     """
     try:
-        ref = _find_ref(run_id)
+        ref, ex = _find_ref(run_id, (backend, namespace, context, address, api_url, token_file))
         if ref is None:
             if _load_local(run_id) is not None:
                 raise InvalidRequestError(f"run {run_id!r} runs locally", fix="Stop it with Ctrl-C in its terminal; "
                                           f"`aimass run --resume {run_id}` continues it later.")
-            raise NotFoundError(f"no submitted run {run_id!r}", fix="See `aimass runs list`.")
-        from aimass.orchestrator.executors.base import SubmissionStore, executor_for
-
-        ex = executor_for(ref)
+            raise NotFoundError(f"no submitted run {run_id!r}", fix="See `aimass runs list`; a run submitted "
+                                "elsewhere: add --backend k8s|ray|api.")
         ref.status = ex.cancel(ref, delete=True) if delete and ref.backend == "k8s" else ex.cancel(ref)
-        SubmissionStore().update(ref)
+        _remember(ref)
     except AimassError as exc:
         fail(exc, output)
         return

@@ -331,22 +331,27 @@ class Ingress:
         queue = self.metrics.queue.labels(name, target.version)
         queue.inc()
         try:
-            if split:
-                c0 = time.perf_counter()
-                try:
-                    probs, info = await self._predict(route, target, x)
-                    self._canary_outcome(route, target, True, time.perf_counter() - c0)
-                except (OverloadedError, TimeoutServingError):
-                    raise
-                except Exception as e:  # noqa: BLE001 - any challenger failure counts against it
-                    self._canary_outcome(route, target, False, time.perf_counter() - c0)
-                    log.warning("canary %s v%s failed (%s); answering from the champion", name, target.version, e)
-                    served = route.champion
-                    probs, info = await self._predict(route, served, x)
-            else:
+            c0 = time.perf_counter()
+            judged = split or (route.monitor is not None and target is route.challenger)  # pinned requests count too
+            try:
                 probs, info = await self._predict(route, target, x)
-                if route.monitor is not None and target is route.challenger:
-                    self._canary_outcome(route, target, True, time.perf_counter() - t0)
+            except TimeoutServingError:
+                # a challenger that hangs trips the canary like one that fails; the request has used its
+                # time budget, so it is not retried on the champion (the client may retry)
+                if judged:
+                    self._canary_outcome(route, target, False, time.perf_counter() - c0)
+                raise
+            except Exception as e:  # noqa: BLE001 - any challenger failure (its own full queue included) counts
+                if judged:
+                    self._canary_outcome(route, target, False, time.perf_counter() - c0)
+                if not split:
+                    raise
+                log.warning("canary %s v%s failed (%s); answering from the champion", name, target.version, e)
+                served = route.champion
+                probs, info = await self._predict(route, served, x)
+            else:
+                if judged:
+                    self._canary_outcome(route, target, True, time.perf_counter() - c0)
         finally:
             queue.dec()
         self._record_cache_events(info.get("cache_events"))

@@ -62,8 +62,7 @@ class TuneStep(Step):
         dataset = ctx.inputs["dataset"]
         ds = open_dataset(dataset, store=ctx.store)
         card = model_card_for(config.train, dataset, ds)
-        local = ctx.store.local_path(ctx.key("tune"))
-        storage = str(local) if local is not None else str(ctx.scratch("tune"))  # Tune's own state stays local
+        storage = ctx.store.uri(ctx.key("tune"))  # Tune's state and checkpoints, restorable by --resume
         ctx.log_params({"metric": config.metric, "mode": config.resolved_mode, "num_samples": config.num_samples,
                         "search_algorithm": config.search_algorithm, "scheduler": config.scheduler.type,
                         "search_space": {k: {d.kind: d.values} for k, d in config.search_space.items()}})
@@ -77,7 +76,7 @@ class TuneStep(Step):
         best_card = load_card(result.best_checkpoint_dir / "model").to_dict()
         keys = list(config.search_space)
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["trial_id", *keys, config.metric, "epochs", "error"], extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=["trial_id", *keys, config.metric, "epochs", "restarts", "error"], extrasaction="ignore")
         w.writeheader()
         w.writerows(result.trials)
         ctx.tracker.log_text(ctx.mlflow_run_id, buf.getvalue(), "tuning_results.csv")

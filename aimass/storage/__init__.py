@@ -9,7 +9,7 @@ Example:
     b'{}'
 """
 
-from aimass.storage.base import ArtifactStore, check_key, get_store, register_scheme, split_uri
+from aimass.storage.base import ArtifactStore, check_key, get_store, ray_storage, register_scheme, split_uri
 from aimass.storage.local import LocalStore
 
-__all__ = ["ArtifactStore", "LocalStore", "check_key", "get_store", "register_scheme", "split_uri"]
+__all__ = ["ArtifactStore", "LocalStore", "check_key", "get_store", "ray_storage", "register_scheme", "split_uri"]

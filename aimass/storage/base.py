@@ -7,6 +7,7 @@ import posixpath
 import urllib.parse
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 from aimass.exceptions import InvalidRequestError
 
@@ -99,6 +100,23 @@ class ArtifactStore(ABC):
     def local_path(self, key: str) -> Path | None:
         """A local filesystem path for ``key`` when the store is local (fast path), else None."""
         return None
+
+
+def ray_storage(uri: str, endpoint_url: str | None = None) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray Train/Tune's RunConfig from a store URI.
+
+    ``s3://bucket/prefix`` becomes ``bucket/prefix`` with a pyarrow S3 filesystem carrying the same
+    endpoint and credentials as boto3, so checkpoints and Tune's experiment state live in the artifact
+    store (a restarted driver, or a node that never saw them, can restore them); a local path is created
+    and returned with ``None`` (Ray's local filesystem).
+    """
+    if uri.startswith("s3://"):
+        from aimass.storage.s3 import arrow_filesystem
+
+        return uri[len("s3://"):], arrow_filesystem(endpoint_url)
+    _, path = split_uri(uri)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path, None
 
 
 def get_store(root_uri: str, **options) -> ArtifactStore:

@@ -62,15 +62,6 @@ class MlflowEpochLogger(_UserCallback):
         return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "prefix": self.prefix, "_tracker": None}
 
 
-def _storage(storage_path: str, endpoint_url: str | None):
-    if storage_path.startswith("s3://"):
-        from aimass.storage.s3 import arrow_filesystem
-
-        return storage_path[len("s3://"):], arrow_filesystem(endpoint_url)
-    Path(storage_path).mkdir(parents=True, exist_ok=True)
-    return storage_path, None
-
-
 def fit(*, train_config: dict[str, Any], dataset: dict[str, Any], card: dict[str, Any], seed: int, name: str,
         storage_path: str, num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int,
         checkpoints_to_keep: int, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
@@ -81,7 +72,9 @@ def fit(*, train_config: dict[str, Any], dataset: dict[str, Any], card: dict[str
 
     from aimass.training.loop import train_loop_per_worker
 
-    path, fs = _storage(storage_path, s3_endpoint_url)
+    from aimass.storage import ray_storage
+
+    path, fs = ray_storage(storage_path, s3_endpoint_url)
     callbacks = [MlflowEpochLogger(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else []
     loop_config = {"train": train_config, "dataset": dataset, "card": card, "seed": seed,
                    "s3_endpoint_url": s3_endpoint_url, "threads": max(1, int(cpus_per_worker))}

@@ -72,18 +72,20 @@ def _search_alg(cfg, seed: int):
     return BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials)
 
 
-try:
-    from ray.tune import Callback as _Callback
-except ImportError:  # pragma: no cover
-    _Callback = object  # type: ignore[misc,assignment]
+from ray.tune import Callback
 
 
-class MlflowTrialLogger(_Callback):
-    """Runs in the tuning driver: every trial is an MLflow run nested under the tune step's run."""
+class MlflowTrialLogger(Callback):
+    """Runs in the tuning driver: every trial is an MLflow run nested under the tune step's run.
+
+    After ``Tuner.restore`` (a resumed pipeline) a trial keeps its MLflow run: the runs already nested
+    under the step's run are looked up by their ``aimass.trial_id`` tag and reopened, never duplicated.
+    """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, pipeline: str) -> None:
         self.tracking_uri, self.experiment_id, self.parent, self.pipeline = tracking_uri, experiment_id, parent_run_id, pipeline
         self.runs: dict[str, str] = {}
+        self._existing: dict[str, str] | None = None
         self._tracker = None
 
     @property
@@ -94,10 +96,24 @@ class MlflowTrialLogger(_Callback):
             self._tracker = Tracker(self.tracking_uri, retry_for_s=30)
         return self._tracker
 
+    def run_id_of(self, trial_id: str | None, refresh: bool = True) -> str | None:
+        """The MLflow run of a trial, started by this logger or by one before a restore."""
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        if self._existing is None or refresh:
+            self._existing = {r.tags["aimass.trial_id"]: r.run_id for r in self.tracker.child_runs(self.parent, self.experiment_id)
+                              if "aimass.trial_id" in r.tags}
+        return self._existing.get(trial_id)
+
     def _run(self, trial) -> str:
         if trial.trial_id not in self.runs:
             from aimass.tuning.trial import TRIAL_KEYS
 
+            rid = self.run_id_of(trial.trial_id, refresh=False)
+            if rid is not None:  # started before the search was interrupted
+                self.tracker.reopen_run(rid)
+                self.runs[trial.trial_id] = rid
+                return rid
             tags = {"aimass.kind": "trial", "aimass.pipeline": self.pipeline, "aimass.trial_id": trial.trial_id}
             rid = self.tracker.start_run(self.experiment_id, f"trial-{trial.trial_id}", tags, parent_run_id=self.parent)
             self.tracker.log_params(rid, {k: v for k, v in trial.config.items() if k != TRIAL_KEYS})
@@ -114,7 +130,7 @@ class MlflowTrialLogger(_Callback):
         self._safe(lambda: self._run(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        keep = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+        keep = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s", "restarts")
         self._safe(lambda: self.tracker.log_metrics(self._run(trial), {k: result[k] for k in keep if k in result},
                                                     step=int(result.get("training_iteration", 0))))
 
@@ -124,9 +140,9 @@ class MlflowTrialLogger(_Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._safe(lambda: self.tracker.end_run(self._run(trial), "FAILED"))
 
-    def __getstate__(self):
+    def __getstate__(self):  # pickled into Tune's experiment state: no client, no stale run map
         d = dict(self.__dict__)
-        d["_tracker"] = None
+        d.update(_tracker=None, runs={}, _existing=None)
         return d
 
 
@@ -137,24 +153,28 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
     from ray import tune
     from ray.tune import FailureConfig, RunConfig, Tuner
 
+    from aimass.storage import ray_storage
     from aimass.tuning.trial import TRIAL_KEYS, trial_fn
 
-    Path(storage_path).mkdir(parents=True, exist_ok=True)
-    exp_path = str(Path(storage_path) / name)
+    # Tune's experiment state and the trials' checkpoints live in the artifact store (local or S3), so a
+    # killed driver's search is restored from there by the pipeline's --resume.
+    path, fs = ray_storage(storage_path, s3_endpoint_url)
+    exp_path = f"{path.rstrip('/')}/{name}"
     mode = cfg.resolved_mode
     fixed = {"train": cfg.train.dump(), "dataset": dataset, "card": card, "seed": seed, "checkpoint": cfg.checkpoint,
              "threads": max(1, int(cfg.cpus_per_trial)), "s3_endpoint_url": s3_endpoint_url,
-             "trial_storage": str(Path(storage_path) / "trials")}
+             "trial_storage": f"{storage_path.rstrip('/')}/trials"}
     workers = cfg.train.num_workers
     per_trial = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial} if workers == 1 else {"cpu": 0})
     trainable = tune.with_resources(trial_fn, per_trial)
     callbacks = [MlflowTrialLogger(tracking_uri, experiment_id, parent_run_id, pipeline)] if tracking_uri and parent_run_id else []
-    run_config = RunConfig(name=name, storage_path=storage_path, failure_config=FailureConfig(max_failures=cfg.max_failures),
+    run_config = RunConfig(name=name, storage_path=path, storage_filesystem=fs, failure_config=FailureConfig(max_failures=cfg.max_failures),
                            callbacks=callbacks, verbose=0, checkpoint_config=_checkpoint_config(cfg, mode))
     space = {**param_space(cfg), TRIAL_KEYS: fixed}
-    restored = Tuner.can_restore(exp_path)
+    restored = Tuner.can_restore(exp_path, storage_filesystem=fs)
     if restored:
-        tuner = Tuner.restore(exp_path, trainable=trainable, resume_errored=True, resume_unfinished=True)
+        tuner = Tuner.restore(exp_path, trainable=trainable, resume_errored=True, resume_unfinished=True,
+                              storage_filesystem=fs)
     else:
         tuner = Tuner(
             trainable, param_space=space, run_config=run_config,
@@ -168,7 +188,7 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
         m = r.metrics or {}
         trial_epochs += int(m.get("training_iteration", 0) or 0)
         trials.append({"trial_id": m.get("trial_id"), **{k: v for k, v in (r.config or {}).items() if k != TRIAL_KEYS},
-                       cfg.metric: m.get(cfg.metric), "epochs": m.get("training_iteration"), "error": str(r.error)[:300] if r.error else None})
+                       cfg.metric: m.get(cfg.metric), "epochs": m.get("training_iteration"), "restarts": m.get("restarts"), "error": str(r.error)[:300] if r.error else None})
     ok = [r for r in grid if r.metrics and cfg.metric in r.metrics]
     if not ok:
         errors = "; ".join(str(r.error)[:200] for r in grid if r.error) or "no trial reported the metric"
@@ -181,20 +201,22 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
     if ckpt is not None:
         ckpt.to_directory(str(out))
     elif best_row.get("checkpoint_path"):  # a distributed trial: its checkpoint lives in Train's storage
-        shutil.copytree(best_row["checkpoint_path"], out)
+        from ray.train import Checkpoint
+
+        Checkpoint(best_row["checkpoint_path"], filesystem=ray_storage(fixed["trial_storage"], s3_endpoint_url)[1]).to_directory(str(out))
     else:
         raise StepError("the best trial has no checkpoint", fix="Keep checkpoint: true in the tune step.")
     best_config = {k: v for k, v in best.config.items() if k != TRIAL_KEYS}
     # The metrics of the epoch whose checkpoint becomes the model, not the trial's last report.
     best_metrics = {k: v for k, v in best_row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if callbacks:
+    if callbacks:  # a restored Tuner logs through its own unpickled callback: find the run by its tag
         cb = callbacks[0]
-        rid = cb.runs.get(best.metrics.get("trial_id"))
-        if rid:
-            try:
+        try:
+            rid = cb.run_id_of(best.metrics.get("trial_id"))
+            if rid:
                 cb.tracker.set_tags(rid, {"aimass.best_trial": "true"})
-            except Exception as exc:  # pragma: no cover
-                log.warning("could not tag the best trial: %s", exc)
+        except Exception as exc:  # pragma: no cover - tracking must never fail a finished search
+            log.warning("could not tag the best trial: %s", exc)
     return SearchResult(best_config, best_metrics, out, trials, trial_epochs, restored)
 
 

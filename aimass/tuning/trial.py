@@ -102,16 +102,18 @@ def _distributed_trial(fixed: dict[str, Any], train: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from aimass.storage import ray_storage
     from aimass.training.loop import train_loop_per_worker
 
     ctx = tune.get_context()
+    path, fs = ray_storage(fixed["trial_storage"], fixed.get("s3_endpoint_url"))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": train, "dataset": fixed["dataset"], "card": _card(fixed, train), "seed": fixed["seed"],
                            "s3_endpoint_url": fixed.get("s3_endpoint_url"), "threads": max(1, int(fixed.get("threads", 1)))},
         scaling_config=ScalingConfig(num_workers=int(train["numWorkers"]), use_gpu=bool(train.get("useGpu")),
                                      resources_per_worker={"CPU": float(fixed.get("threads", 1))}),
-        run_config=RunConfig(name=f"trial-{ctx.get_trial_id()}", storage_path=fixed["trial_storage"],
+        run_config=RunConfig(name=f"trial-{ctx.get_trial_id()}", storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=int(train.get("maxFailures", 0))),
                              callbacks=[TuneReportCallback()]),
     )

@@ -35,6 +35,27 @@ def test_health_ready_and_openapi_need_no_token(api):
     assert anon.get("/docs").status_code == 404  # no interactive UI to serve
 
 
+def test_metrics_need_a_token_and_count_by_route_template(api):
+    assert api.client(identity=None).get("/metrics").status_code == 401
+    alice = api.client("alice")
+    assert _submit(alice).status_code == 201
+    assert alice.get(RUNS + "/no-such-run").status_code == 404
+    r = alice.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(r.text):
+        for smp in fam.samples:
+            samples[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    assert samples[("aimass_api_runs_submitted_total", ())] >= 1
+    assert samples[("aimass_api_auth_failures_total", ())] >= 1
+    assert samples[("aimass_api_requests_total", (("code", "201"), ("method", "POST"), ("route", RUNS)))] >= 1
+    # a run id never becomes a label value: the route template does
+    assert samples[("aimass_api_requests_total", (("code", "404"), ("method", "GET"), ("route", RUNS + "/{run_id}")))] >= 1
+    assert not any("no-such-run" in str(k) for k in samples)
+
+
 def test_readyz_fails_when_kuberay_is_missing(serve):
     api = serve(fake=FakeKubeApi([NAMESPACE], crds_installed=False))
     r = api.client(identity=None).get("/readyz")
@@ -311,7 +332,7 @@ def test_cli_submit_to_api_and_runs(api, tmp_path):
     r = runner.invoke(app, ["runs", "list", "-o", "json"])
     assert r.exit_code == 0 and json.loads(r.stdout)[0]["state"] == "SUCCEEDED"
     r = runner.invoke(app, ["runs", "list", "--backend", "api", "--api-url", api.url, "--token-file", str(tok), "-o", "json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)[0]["runId"] == "20250104-000000-gggggg"
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["run_id"] == "20250104-000000-gggggg"
     r = runner.invoke(app, ["runs", "cancel", "20250104-000000-gggggg"])
     assert r.exit_code == 0 and "SUCCEEDED" in r.stdout  # finished runs stay finished
 

@@ -34,6 +34,7 @@ OPERATIONS = [
     ("POST", "/v1/pipelines/runs/{run_id}:cancel"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
 ]
 MAX_EXAMPLES = 30
 

@@ -166,6 +166,17 @@ def test_monitoring_objects_are_well_formed(render: Render, scenario: str) -> No
     assert not errors, "\n".join(errors)
 
 
+def test_control_plane_monitor_scrapes_a_route_the_api_serves(render: Render) -> None:
+    from aimass.api import ApiConfig, create_app
+
+    (monitor,) = [o for o in of_kind(render("full"), "ServiceMonitor")
+                  if o["metadata"]["labels"]["app.kubernetes.io/component"] == "control-plane"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    served = {r.path for r in create_app(ApiConfig(tokens={"t" * 32: "prometheus"})).routes}
+    assert endpoint["path"] in served
+    assert endpoint["authorization"]["credentials"] == {"name": "prod-prometheus-api-token", "key": "token"}
+
+
 def test_monitoring_objects_only_when_enabled(render: Render) -> None:
     assert not [o for o in render("default") if api_group(o) == "monitoring.coreos.com"]
     kinds = sorted(o["kind"] for o in render("full") if api_group(o) == "monitoring.coreos.com")
@@ -730,6 +741,7 @@ def test_values_yaml_and_schema_describe_the_same_keys() -> None:
         (["mlflow.auth.clientExistingSecret="], "mlflow.auth.clientExistingSecret is required"),
         (["serving.enabled=true", "serving.auth.existingSecret="], "serving.auth.existingSecret is required"),
         (["controlPlane.serviceAccount.create=false"], "controlPlane.serviceAccount.name is required"),
+        (["serving.enabled=true", "serving.config.auth.mode=none"], "auth.mode none (local mode) is refused in a cluster"),
     ],
 )
 def test_missing_required_secret_fails_clearly(helm: Helm, set_values: list[str], message: str) -> None:
@@ -908,19 +920,18 @@ def test_gpu_scenario_has_a_gpu_group_and_defaults_do_not(render: Render) -> Non
 
 
 def test_serving_config_is_passed_through_as_the_app_args(render: Render) -> None:
+    from aimass.serving.config import ServeConfig, to_serve_config_v2
+
     objects = render("full")
     service = one(objects, "RayService", "aimass-serve")
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
-    assert serve_config == {
-        "applications": [
-            {
-                "name": "aimass",
-                "import_path": "aimass.serving.app:app_builder",
-                "route_prefix": "/",
-                "args": scenario_values("full")["serving"]["config"],
-            }
-        ]
-    }
+    values = scenario_values("full")["serving"]["config"]
+    assert serve_config["applications"][0]["args"] == values  # untouched: the app validates it in the cluster
+    # The same document `aimass serve` / build_rayservice generate from that config (args compared as parsed).
+    expected = to_serve_config_v2(values)
+    for doc in (serve_config, expected):
+        doc["applications"][0]["args"] = ServeConfig.model_validate(doc["applications"][0]["args"])
+    assert serve_config == expected
     for pod in pod_specs(service):
         (container,) = pod.spec["containers"]
         assert env_of(container)["AIMASS_SERVE_TOKEN_FILE"]["value"] == "/var/run/aimass/serve-token/token"

@@ -116,6 +116,31 @@ def test_errors_are_clear(cli, fake, tmp_path):
     assert r.exit_code == 1 and "only runs pipelines" in r.stderr
 
 
+def test_runs_submitted_elsewhere_are_found_through_the_backend(cli, fake, tmp_path, monkeypatch):
+    """A run this machine never submitted: show, logs and cancel ask the cluster with --backend."""
+    r = cli("submit", "{file}", "--to", "k8s", "--run-id", RID, "-o", "json")
+    assert r.exit_code == 0, r.output
+    monkeypatch.setenv("AIMASS_HOME", str(tmp_path / "another-laptop"))  # no local record of the submission
+    r = cli("runs", "show", RID)
+    assert r.exit_code == 1 and "no run" in r.stderr and "--backend" in r.stderr
+
+    fake.set_rayjob_status(NAMESPACE, f"aimass-{RID}", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    k8s = ("--backend", "k8s", "-n", NAMESPACE)
+    r = cli("runs", "show", RID, *k8s, "-o", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["status"]["state"] == "RUNNING" and json.loads(r.stdout)["run_id"] == RID
+    fake.add_pod(NAMESPACE, f"aimass-{RID}-pod", {"job-name": f"aimass-{RID}"}, log="step train: RUNNING\n")
+    r = cli("runs", "logs", RID, *k8s)
+    assert r.exit_code == 0 and r.stdout == "step train: RUNNING\n"
+    r = cli("runs", "cancel", RID, *k8s, "-o", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["status"]["state"] == "CANCELLED"
+    assert fake.get("rayjobs", NAMESPACE, f"aimass-{RID}")["spec"]["suspend"] is True
+    assert not (tmp_path / "another-laptop" / "submissions.json").exists() or RID not in (
+        tmp_path / "another-laptop" / "submissions.json").read_text()
+    r = cli("runs", "show", "20250103-000000-ffffff", *k8s)
+    assert r.exit_code == 1 and "20250103-000000-ffffff" in r.stderr
+
+
 def test_runs_list_shows_local_runs_too(cli, monkeypatch):
     """Local runs come from aimass.orchestrator.state (the lead's module), merged with submissions."""
     import aimass.orchestrator.state as state

@@ -305,3 +305,97 @@ def test_canary_trips_on_p99_and_forgets_old_samples():
     assert not v.breached and v.reason == "healthy" and v.p99_ms == pytest.approx(10.0)
     clock.t = 1000.0
     assert fresh.verdict().requests == 0
+
+
+# -- the ingress's canary accounting (no cluster: the model calls are replaced) --------------------------
+def _canary_ingress(monkeypatch, challenger_error: Exception | None):
+    import numpy as np
+
+    from aimass.serving import ingress as ing
+    from aimass.serving.metrics import ServingMetrics
+    from aimass.serving.protocol import Signature
+
+    class Bare(ing.Ingress):
+        def __del__(self):  # the ASGI wrapper's own finaliser expects a running replica
+            pass
+
+    obj = object.__new__(Bare)  # the replica's state, without a Serve replica context
+    obj.app_name, obj.metrics, obj.cfg = "t", ServingMetrics(), None
+    obj._tripped, obj._bg, obj._signatures = {}, set(), {}
+    champion, challenger = ing.Target("1", "d--1", "d"), ing.Target("2", "d--2", "d")
+    monitor = CanaryMonitor(max_error_rate=0.2, max_p99_latency_ms=None, window_s=60, min_requests=3)
+    obj.routes = {"d": ing.Route("d", champion, challenger, share=1.0, monitor=monitor, versions=["1", "2"])}
+    calls: list[str] = []
+
+    async def predict(route, t, x):
+        calls.append(t.version)
+        if t is challenger and challenger_error is not None:
+            raise challenger_error
+        return np.full((x.shape[0], 2), 0.5, dtype=np.float32), {}
+
+    sig = Signature.from_dict({"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 2]}],
+                               "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]})
+
+    async def signature(t):
+        return sig
+
+    reported: list[dict] = []
+
+    async def report(info):
+        reported.append(info)
+
+    monkeypatch.setattr(obj, "_predict", predict, raising=False)
+    monkeypatch.setattr(obj, "signature", signature, raising=False)
+    monkeypatch.setattr(obj, "_report_rollback", report, raising=False)
+    return obj, monitor, calls, reported
+
+
+BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [0.1, 0.2]}]}).encode()
+
+
+@pytest.mark.parametrize("error, falls_back", [
+    ("timeout", False),   # a hung challenger: 504 to the client, counted against the challenger
+    ("overload", True),   # the challenger's own queue is full: counted, answered by the champion
+    ("broken", True),
+])
+def test_every_challenger_failure_counts_and_trips_the_canary(monkeypatch, error, falls_back):
+    import asyncio
+
+    from aimass.serving import ingress as ing
+
+    exc = {"timeout": ing.TimeoutServingError("model d v2 did not answer within 30s"),
+           "overload": ing.OverloadedError("model d v2 is at capacity"), "broken": RuntimeError("boom")}[error]
+    obj, monitor, calls, reported = _canary_ingress(monkeypatch, exc)
+
+    async def go():
+        outcomes = []
+        for _ in range(3):
+            try:
+                status, body, _ = await obj.infer("d", None, BODY)
+                outcomes.append(body["model_version"])
+            except ing.TimeoutServingError:
+                outcomes.append("504")
+        await asyncio.sleep(0)  # let the rollback report run
+        return outcomes
+
+    outcomes = asyncio.run(go())
+    assert outcomes == (["1"] * 3 if falls_back else ["504"] * 3)
+    assert monitor.tripped is not None and obj.routes["d"].share == 0.0  # traffic is off the challenger
+    assert len(reported) == 1 and reported[0]["version"] == "2"
+
+
+def test_requests_pinned_to_the_challenger_count_too(monkeypatch):
+    import asyncio
+
+    from aimass.serving import ingress as ing
+
+    obj, monitor, calls, reported = _canary_ingress(monkeypatch, RuntimeError("boom"))
+
+    async def go():
+        for _ in range(3):
+            with pytest.raises(RuntimeError):
+                await obj.infer("d", "2", BODY)  # an explicit version: no fallback, but it is judged
+        await asyncio.sleep(0)
+
+    asyncio.run(go())
+    assert calls == ["2", "2", "2"] and monitor.tripped is not None and len(reported) == 1

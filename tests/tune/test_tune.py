@@ -139,3 +139,76 @@ def test_bad_search_spaces_fail_at_validation(body, message):
     with pytest.raises(SpecErrors, match=message) as ei:
         parse_pipeline(HEAD + "        " + body + "\n", source="tuned.yaml")
     assert "tuned.yaml:" in str(ei.value)
+
+
+DRIVER = """
+import json, sys
+from aimass.orchestrator.ray_runtime import ensure_ray
+from aimass.spec.configs.tune import TuneConfig
+from aimass.steps.base import StepContext
+from aimass.steps.tune import TuneStep
+
+a = json.loads(sys.argv[1])
+ensure_ray()
+TuneStep().run(StepContext(**a["ctx"]), TuneConfig.model_validate(a["cfg"]))
+"""
+
+
+@pytest.mark.slow
+def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, monkeypatch, aimass_home):
+    """The driver of a search is SIGKILLed; a new driver (the pipeline's --resume) restores the search
+    from Tune's state in the S3 artifact store: the interrupted trial continues from its checkpoint and
+    keeps its MLflow run."""
+    import json
+    import subprocess
+    import sys
+
+    import boto3
+
+    from tests.s3util import moto_s3
+
+    import ray
+
+    from aimass.data import open_dataset
+    from aimass.orchestrator.ray_runtime import ensure_ray
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    ray.shutdown()  # reconnect so this driver's trial workers get the S3 credentials, as `aimass run` passes them
+    ensure_ray(home=aimass_home)
+    with moto_s3() as url:
+        s3 = boto3.client("s3", endpoint_url=url)
+        s3.create_bucket(Bucket="tune")
+        store = get_store("s3://tune/exp", endpoint_url=url)
+        dataset = save_dataset(open_dataset(env["dataset"]), store, "data/dataset.npz").to_dict()
+        parent = env["tracker"].start_run(env["exp"], "resume")
+        ctx = dict(run_id="resume", pipeline="p", step_name="tune", step_type="tune", inputs={"dataset": dataset},
+                   artifact_root="s3://tune/exp", prefix="runs/resume/steps/tune", tracking_uri=env["tracking"],
+                   registry_uri=None, experiment_id=env["exp"], mlflow_run_id=parent, seed=1,
+                   work_dir=str(tmp_path / "first"), settings={"s3_endpoint_url": url})
+        cfg = {**BASE, "train": {**BASE["train"], "epochs": 30, "batchSize": 4}, "numSamples": 2, "maxConcurrentTrials": 1}
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps({"ctx": ctx, "cfg": cfg})])
+        prefix, first_checkpoint, deadline = "exp/runs/resume/steps/tune/tune/", None, time.time() + 240
+        try:
+            while time.time() < deadline:  # a trial checkpoint, then experiment state saved after it
+                objects = s3.list_objects_v2(Bucket="tune", Prefix=prefix).get("Contents", [])
+                if first_checkpoint is None and any("/checkpoint_" in o["Key"] for o in objects):
+                    first_checkpoint = max(o["LastModified"] for o in objects if "/checkpoint_" in o["Key"])
+                if first_checkpoint and any("experiment_state" in o["Key"] and o["LastModified"] > first_checkpoint for o in objects):
+                    break
+                assert driver.poll() is None, "the search finished before it could be interrupted"
+                time.sleep(0.2)
+            else:
+                pytest.fail("no checkpoint and experiment state reached S3 in time")
+        finally:
+            driver.kill()
+            driver.wait()
+        out = TuneStep().run(StepContext(**{**ctx, "work_dir": str(tmp_path / "second"), "attempt": 2}),
+                             TuneConfig.model_validate(cfg))
+        assert s3.list_objects_v2(Bucket="tune", Prefix="exp/runs/resume/steps/tune/model/")["KeyCount"] > 0
+    m = out["tune_metrics"]
+    assert m["restored"] == 1 and m["trials"] == 2 and m["trial_epochs"] == 60
+    trials = env["tracker"].child_runs(parent, env["exp"])
+    assert len(trials) == 2, [t.name for t in trials]  # the interrupted trial kept its MLflow run
+    assert max(t.metrics.get("restarts", 0) for t in trials) == 1  # and continued from its checkpoint
+    assert sum(t.tags.get("aimass.best_trial") == "true" for t in trials) == 1
