@@ -28,7 +28,7 @@ from ray.serve import Application
 from aimass.serving.config import ServeConfig
 
 __all__ = ["app_builder", "build_application", "deployment_specs", "DepSpec", "INGRESS_NAME", "MULTIPLEX_NAME",
-           "model_deployment_name", "code_version"]
+           "model_deployment_name", "multiplex_deployment_name", "code_version"]
 
 INGRESS_NAME = "Ingress"
 MULTIPLEX_NAME = "multiplexed"
@@ -36,6 +36,12 @@ MULTIPLEX_NAME = "multiplexed"
 
 def model_deployment_name(model: str, version: str) -> str:
     return f"{model}--{version}"
+
+
+def multiplex_deployment_name(models: dict[str, Any]) -> str:
+    """``multiplexed--<digest of the served versions>``: a new set of versions is a new deployment, staged
+    and probed beside the old one before traffic moves (as a new version of a dedicated model is)."""
+    return f"{MULTIPLEX_NAME}--{_digest(sorted((n, m['registered'], str(m['version'])) for n, m in models.items()))[:10]}"
 
 
 _CODE_VERSION: str | None = None

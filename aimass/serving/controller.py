@@ -115,7 +115,7 @@ def resolve_plan(cfg: ServeConfig, rolled_back: dict[str, list[str]], tracker: A
     A challenger version that was rolled back (``rolled_back[registered]``) is not staged again until
     its alias points at another version.
     """
-    from aimass.serving.app import MULTIPLEX_NAME
+    from aimass.serving.app import multiplex_deployment_name
 
     tracker = tracker or _tracker(cfg)
     models: dict[str, Any] = {}
@@ -134,7 +134,7 @@ def resolve_plan(cfg: ServeConfig, rolled_back: dict[str, list[str]], tracker: A
         for m in cfg.multiplex.models:
             reg, ver = _resolve(tracker, m.model_uri)
             mm[m.name] = {"registered": reg, "version": ver}
-        multiplex = {"deployment": MULTIPLEX_NAME, "models": mm}
+        multiplex = {"deployment": multiplex_deployment_name(mm), "models": mm}
     return {"models": models, "multiplex": multiplex}
 
 

@@ -94,12 +94,15 @@ def _probe(app: str, name: str, dep: Any, deadline: float) -> None:
     from ray import serve
 
     h = serve.get_deployment_handle(name, app_name=app)
-    if dep.kind == "multiplex":
-        return  # models load on demand; each one is warmed up when it loads
-    try:
-        h.ready.remote().result(timeout_s=max(5.0, deadline - time.monotonic()))
-    except Exception as e:  # noqa: BLE001
-        raise ServingError(f"deployment {name} failed its readiness probe: {e}") from None
+    # A multiplexed deployment loads its models on demand: each one is loaded and answers once here, so a
+    # broken version fails the rollout instead of the first requests after the switch.
+    probes = ([(f" for {served}", h.options(multiplexed_model_id=f"{served}:{m['version']}")) for served, m in dep.init["models"].items()]
+              if dep.kind == "multiplex" else [("", h)])
+    for what, handle in probes:
+        try:
+            handle.ready.remote().result(timeout_s=max(5.0, deadline - time.monotonic()))
+        except Exception as e:  # noqa: BLE001
+            raise ServingError(f"deployment {name} failed its readiness probe{what}: {e}") from None
 
 
 def _clean(msg: str | None) -> str:

@@ -277,5 +277,15 @@ class MultiModelServer(_BatchingMixin):
         return {"model": name, "registered": lm.registered, "version": lm.version, "platform": "pytorch",
                 "signature": lm.signature.to_dict(), "cache_events": self._drain_events()}
 
+    async def ready(self) -> dict[str, Any]:
+        """The readiness probe of one multiplexed model (the request's model id): load it, infer once.
+
+        Its cache events stay queued, so the ingress counts the probe's loads with its next answer."""
+        lm = await self._get()
+        probs, _ = await self._run(self._get, np.zeros((1, *lm.input_shape), dtype=np.float32))  # not predict: it drains the events
+        if not np.isfinite(probs).all():
+            raise ServingError(f"{lm.registered} v{lm.version} returns non-finite probabilities")
+        return {"model": self.allowed[serve.get_multiplexed_model_id()][0], "registered": lm.registered, "version": lm.version}
+
     async def cache_state(self) -> dict[str, Any]:
         return {"loaded": sorted(self._loaded)}

@@ -59,9 +59,11 @@ def test_multiplexing_lru_cache_loads_and_evicts(serving_cluster, registry, toke
     try:
         st = deploy(cfg)
         assert {m["name"]: m["kind"] for m in st["models"]} == {"mx-a": "multiplexed", "mx-b": "multiplexed", "mx-c": "multiplexed"}
-        assert list(st["deployments"]) == ["Ingress", "multiplexed"] or set(st["deployments"]) == {"Ingress", "multiplexed"}
+        (mx,) = [d for d in st["deployments"] if d != "Ingress"]
+        assert set(st["deployments"]) == {"Ingress", mx} and mx.startswith("multiplexed--")
         with http_client(serving_cluster, token) as c:
-            # LRU of 2: a, b, c (evicts a), a (evicts b), b (evicts c), b (hit)
+            # The readiness probe loaded a, b, c (evicting a): the cache holds b, c. Then, with an LRU of 2:
+            # a (evicts b), b (evicts c), c (evicts a), a (evicts b), b (evicts c), b (hit)
             for name, classes in (("mx-a", 3), ("mx-b", 4), ("mx-c", 5), ("mx-a", 3), ("mx-b", 4), ("mx-b", 4)):
                 r = c.post(f"/mx/v2/models/{name}/infer", json=body(6, 2))
                 assert r.status_code == 200, r.text
@@ -70,11 +72,51 @@ def test_multiplexing_lru_cache_loads_and_evicts(serving_cluster, registry, toke
             text = c.get("/mx/metrics").text
         loads = {n: metric(text, "aimass_serve_model_cache_total", model=n, event="load") for n in ("mx-a", "mx-b", "mx-c")}
         evicts = {n: metric(text, "aimass_serve_model_cache_total", model=n, event="evict") for n in ("mx-a", "mx-b", "mx-c")}
-        assert loads == {"mx-a": 2.0, "mx-b": 2.0, "mx-c": 1.0}, text
-        assert evicts == {"mx-a": 1.0, "mx-b": 1.0, "mx-c": 1.0}, text
+        assert loads == {"mx-a": 3.0, "mx-b": 3.0, "mx-c": 2.0}, text
+        assert evicts == {"mx-a": 2.0, "mx-b": 2.0, "mx-c": 2.0}, text
         assert metric(text, "aimass_serve_model_cache_total", model="mx-b", event="hit") >= 1.0
     finally:
         shutdown("mx")
+
+
+@pytest.mark.slow
+def test_multiplexed_versions_roll_out_beside_the_old_ones(serving_cluster, registry, token):
+    """A new version of a multiplexed model: a broken one fails its probe and never takes traffic; a good
+    one is staged in a new multiplexed deployment, probed, then switched to with zero failed requests."""
+    from aimass.exceptions import ServingError
+    from aimass.serving.config import MultiplexedModel, MultiplexSpec
+    from aimass.serving.deploy import deploy, shutdown
+
+    registry.register("mr-a", [6], 3, alias="champion")
+    registry.register("mr-b", [6], 4, alias="champion")
+    cfg = base_cfg(serving_cluster, name="mr", route_prefix="/mr", multiplex=MultiplexSpec(
+        models=[MultiplexedModel(name=n, model_uri=f"models:/{n}@champion") for n in ("mr-a", "mr-b")],
+        max_models_per_replica=2, deployment=small(replicas=1)))
+    try:
+        first = [d for d in deploy(cfg)["deployments"] if d != "Ingress"]
+        with LoadLoop(serving_cluster, token, "/mr/v2/models/mr-a/infer", body(6)) as load:
+            load.wait_for(20)
+            assert registry.register("mr-a", [6], 3, alias="champion", broken=True) == "2"
+            with pytest.raises(ServingError, match=r"failed its readiness probe for mr-a"):
+                deploy(cfg)
+            n = len(load.final)
+            load.wait_for(n + 20)
+        assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
+        assert set(load.versions) == {"1"} and set(deployments("mr")) == {"Ingress", *first}
+
+        good = registry.register("mr-a", [6], 3, alias="champion", seed=3)
+        with LoadLoop(serving_cluster, token, "/mr/v2/models/mr-a/infer", body(6)) as load:
+            load.wait_for(20)
+            st = deploy(cfg)
+            n = len(load.final)
+            load.wait_for(n + 20)
+        assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
+        first_new = load.versions.index(good)
+        assert set(load.versions[:first_new]) == {"1"} and set(load.versions[first_new:]) == {good}
+        (now,) = [d for d in st["deployments"] if d != "Ingress"]
+        assert now not in first and set(deployments("mr")) == {"Ingress", now}  # the old one retired
+    finally:
+        shutdown("mr")
 
 
 @pytest.mark.slow
