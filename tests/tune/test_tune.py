@@ -132,8 +132,13 @@ spec:
     ("searchSpace: {optimizer.lr: {loguniform: [0, 1]}}", "log of 0"),
     ("searchSpace: {optimizer.lr: {uniform: [0.1, 1]}}\n        scheduler: {type: median}", "scheduler.type"),
     ("searchSpace: {optimizer.lr: {uniform: [0.1, 1]}}\n        scheduler: {type: pbt}\n        checkpoint: false", "pbt scheduler needs checkpoints"),
+    ("searchSpace: {optimizer.lr: {uniform: [0.1, 1]}}\n        scheduler: {type: pbt}\n        train: {numWorkers: 2}", "use train.numWorkers: 1 with pbt"),
     ("searchSpace: {optimizer.lr: {uniform: [0.1, 1]}}\n        metric: f1", "metric"),
     ("searchSpace: {optimizer.lrate: {uniform: [0.1, 1]}}", "does not fit the train config"),
+    # every value a trial can draw is checked, not just the first
+    ("searchSpace: {batchSize: {choice: [16, -1]}}", "batchSize.*choice value -1"),
+    ("searchSpace: {optimizer.lr: {uniform: [0.1, 20]}}", "optimizer.lr.*uniform value 20"),
+    ("searchSpace: {epochs: {randint: [1, 200000]}}", "epochs.*randint value 199999"),
 ])
 def test_bad_search_spaces_fail_at_validation(body, message):
     with pytest.raises(SpecErrors, match=message) as ei:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
@@ -21,12 +20,12 @@ class Distribution(StrictModel):
     """Exactly one of: ``uniform: [lo, hi]``, ``loguniform: [lo, hi]``, ``quniform: [lo, hi, q]``,
     ``randint: [lo, hi]`` (hi exclusive), ``choice: [a, b, ...]``, ``grid: [a, b, ...]``."""
 
-    uniform: list[float] | None = None
-    loguniform: list[float] | None = None
-    quniform: list[float] | None = None
-    randint: list[int] | None = None
-    choice: list[Any] | None = None
-    grid: list[Any] | None = None
+    uniform: list[float] | None = Field(None, description="[low, high]: any float in the range, uniformly.")
+    loguniform: list[float] | None = Field(None, description="[low, high], both > 0: uniform in log space (learning rates).")
+    quniform: list[float] | None = Field(None, description="[low, high, q]: uniform, rounded to a multiple of q.")
+    randint: list[int] | None = Field(None, description="[low, high]: an integer, low included, high excluded.")
+    choice: list[Any] | None = Field(None, description="[a, b, ...]: one of the values at random (values may be lists).")
+    grid: list[Any] | None = Field(None, description="[a, b, ...]: every value, each numSamples times (random search only).")
 
     @model_validator(mode="after")
     def _one(self) -> "Distribution":
@@ -59,16 +58,15 @@ class Distribution(StrictModel):
     def values(self) -> list[Any]:
         return getattr(self, self.kind)
 
-    def representative(self) -> Any:
-        """A value inside the distribution (for validating it against the train config)."""
+    def extremes(self) -> list[Any]:
+        """Values that bound what a trial can draw: every value of a choice/grid, both ends of a range
+        (randint's high is exclusive), so validating them against the train config covers every trial."""
         v = self.values
         if self.kind in ("choice", "grid"):
-            return v[0]
+            return list(v)
         if self.kind == "randint":
-            return v[0]
-        if self.kind == "loguniform":
-            return math.sqrt(v[0] * v[1])
-        return v[0]
+            return [v[0], v[1] - 1]
+        return [v[0], v[1]]
 
 
 class SchedulerConfig(StrictModel):
@@ -114,19 +112,23 @@ class TuneConfig(StepConfig):
                 raise ValueError("pbt mutates hyperparameters; grid values are not supported with it")
             if self.search_algorithm == "optuna":
                 raise ValueError("pbt replaces the search algorithm; use searchAlgorithm: random with pbt")
+            if self.train.num_workers > 1:
+                raise ValueError("pbt exploits a trial by loading another trial's Tune checkpoint, which distributed "
+                                 "trials (train.numWorkers > 1) do not keep: use train.numWorkers: 1 with pbt")
         if self.search_algorithm == "optuna" and has_grid:
             raise ValueError("optuna does not take grid values: use choice instead")
         if self.mode and self.mode != ("min" if self.metric.endswith("loss") else "max"):
             raise ValueError(f"mode {self.mode!r} optimises {self.metric} the wrong way round")
         base = self.train.dump()
         for key, dist in self.search_space.items():
-            trial = apply_overrides(base, {key: dist.representative()})
-            try:
-                TrainConfig.model_validate(trial)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"searchSpace key {key!r} does not fit the train config: {where}: {first['msg']}") from None
+            for value in dist.extremes():
+                try:
+                    TrainConfig.model_validate(apply_overrides(base, {key: value}))
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"])
+                    raise ValueError(f"searchSpace key {key!r} does not fit the train config for {dist.kind} value {value!r}: "
+                                     f"{where}: {first['msg']}") from None
             if _unknown_path(base, key):
                 raise ValueError(f"searchSpace key {key!r} is not a train setting (e.g. optimizer.lr, batchSize, modelArgs.hidden)")
         if self.time_budget_s is None and self.num_samples * self.train.epochs > 100_000:
