@@ -157,7 +157,9 @@ class Orchestrator:
             state.error = None
             for st in state.steps.values():
                 if st.status != SUCCEEDED:
-                    st.status, st.error = PENDING, None
+                    # a resumed step gets its full retry budget again: the attempt the crash cut short was
+                    # not the step's failure (executions still counts every time its code ran)
+                    st.status, st.error, st.attempts = PENDING, None, 0
         else:
             state = self._new_state(run_id)
             state.status = RUNNING

@@ -215,6 +215,7 @@ def test_resume_continues_without_redoing_completed_steps(settings, tmp_path):
     second = go(pipeline(steps), settings, run_id=first.run_id, resume=True)
     assert second.status == "SUCCEEDED" and second.run_id == first.run_id
     assert second.steps["a"].executions == 1 and second.steps["b"].executions == 2
+    assert second.steps["b"].attempts == 1  # a resumed step starts a fresh retry budget
     assert [r["step"] for r in runs_log(log)] == ["a", "b", "b", "c"]
     assert second.mlflow_run_id == first.mlflow_run_id  # one logical run in MLflow
 
