@@ -191,8 +191,10 @@ def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, mon
                    artifact_root="s3://tune/exp", prefix="runs/resume/steps/tune", tracking_uri=env["tracking"],
                    registry_uri=None, experiment_id=env["exp"], mlflow_run_id=parent, seed=1,
                    work_dir=str(tmp_path / "first"), settings={"s3_endpoint_url": url})
-        cfg = {**BASE, "train": {**BASE["train"], "epochs": 30, "batchSize": 4}, "numSamples": 2, "maxConcurrentTrials": 1}
-        driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps({"ctx": ctx, "cfg": cfg})])
+        cfg = {**BASE, "train": {**BASE["train"], "epochs": 16, "batchSize": 4}, "numSamples": 2, "maxConcurrentTrials": 1}
+        # Tune saves its experiment state every few seconds at most; every second here keeps the test short
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps({"ctx": ctx, "cfg": cfg})],
+                                  env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
         prefix, first_checkpoint, deadline = "exp/runs/resume/steps/tune/tune/", None, time.time() + 240
         try:
             while time.time() < deadline:  # a trial checkpoint, then experiment state saved after it
@@ -212,8 +214,47 @@ def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, mon
                              TuneConfig.model_validate(cfg))
         assert s3.list_objects_v2(Bucket="tune", Prefix="exp/runs/resume/steps/tune/model/")["KeyCount"] > 0
     m = out["tune_metrics"]
-    assert m["restored"] == 1 and m["trials"] == 2 and m["trial_epochs"] == 60
+    assert m["restored"] == 1 and m["trials"] == 2 and m["trial_epochs"] == 32
     trials = env["tracker"].child_runs(parent, env["exp"])
     assert len(trials) == 2, [t.name for t in trials]  # the interrupted trial kept its MLflow run
     assert max(t.metrics.get("restarts", 0) for t in trials) == 1  # and continued from its checkpoint
     assert sum(t.tags.get("aimass.best_trial") == "true" for t in trials) == 1
+
+
+@pytest.mark.slow
+def test_tuned_quickstart_flows_the_best_config_into_train_and_register(local_ray, repo_root):
+    """pipelines/quickstart-tuned.yaml as a pipeline (smaller: 3 trials x 4 epochs, no deploy, which the
+    serving tests cover): the trials nest under the tune step's run under the pipeline's run, and the
+    retrain takes the best config."""
+    import json
+
+    import yaml
+
+    from aimass.orchestrator import run_pipeline
+    from aimass.settings import Settings
+
+    doc = yaml.safe_load((repo_root / "pipelines" / "quickstart-tuned.yaml").read_text())
+    steps = {s["name"]: s for s in doc["spec"]["steps"]}
+    steps["tune"]["config"].update(numSamples=3, maxConcurrentTrials=2)
+    steps["tune"]["config"]["train"]["epochs"] = 4
+    steps["train"]["config"]["epochs"] = 4
+    steps["register"]["config"]["gate"] = {"thresholds": [{"metric": "accuracy", "min": 0.5}]}
+    doc["spec"]["steps"] = [s for s in doc["spec"]["steps"] if s["name"] != "deploy"]
+    settings = Settings.load()
+    st = run_pipeline(parse_pipeline(doc, source="quickstart-tuned.yaml"), settings)
+    assert st.status == "SUCCEEDED", st.error
+    best = st.steps["tune"].outputs["best_config"]
+    assert set(best) == {"optimizer.lr", "modelArgs.hidden", "modelArgs.dropout"}
+
+    tr = Tracker(settings.tracking_uri)
+    children = {c.name: c for c in tr.child_runs(st.mlflow_run_id, st.experiment_id)}
+    assert set(children) == {"data", "tune", "train", "evaluate", "register"}
+    trials = tr.child_runs(children["tune"].run_id, st.experiment_id)
+    assert len(trials) == 3 and sum(t.tags.get("aimass.best_trial") == "true" for t in trials) == 1
+    (winner,) = [t for t in trials if t.tags.get("aimass.best_trial") == "true"]
+    assert float(winner.params["optimizer.lr"]) == pytest.approx(best["optimizer.lr"])
+    train = children["train"].params  # the retrain ran with the winner's settings
+    assert float(train["optimizer.lr"]) == pytest.approx(best["optimizer.lr"])
+    assert json.loads(train["model_args.hidden"]) == best["modelArgs.hidden"]
+    assert float(train["model_args.dropout"]) == pytest.approx(best["modelArgs.dropout"])
+    assert st.steps["register"].outputs["model_uri"].startswith("models:/digits-tuned/")
