@@ -3,7 +3,7 @@
 Routes (all ``/v1`` routes need ``Authorization: Bearer <token>``):
 
 * ``POST /v1/pipelines/runs``: submit ``{"spec": {...}}`` or ``{"specYaml": "..."}`` (+ ``runName``,
-  ``labels``); validated with the same :func:`aimass.spec.parse_pipeline` as the CLI (422 lists every
+  ``labels``), or the pipeline file itself with ``Content-Type: application/yaml``; validated with the same :func:`aimass.spec.parse_pipeline` as the CLI (422 lists every
   problem with its line). Fields the server owns (status, owner, namespace, service account, image,
   entrypoint, ...) are refused with 422 naming the field.
 * ``GET /v1/pipelines/runs``, ``GET /v1/pipelines/runs/{run_id}``: your runs (admins: everyone's).
@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from aimass.api.config import ApiConfig
 from aimass.api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 from aimass.api.models import SERVER_OWNED_FIELDS, ErrorBody, Health, RunList, RunOut, SubmitRunRequest
-from aimass.api.security import BodyLimitMiddleware, RateLimiter, authenticate_header, retry_after_header
+from aimass.api.security import BodyLimitMiddleware, RateLimiter, YamlBodyMiddleware, authenticate_header, retry_after_header
 from aimass.exceptions import AimassError, AuthError, InvalidRequestError, NotFoundError, SpecError
 from aimass.orchestrator.executors.base import RUN_ID_PATTERN, UNKNOWN, Executor, SubmissionRef, new_run_id
 
@@ -168,6 +168,7 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
         summary="Submit and follow pipeline runs on the cluster.",
         docs_url=None, redoc_url=None, openapi_url="/openapi.json",
     )
+    app.add_middleware(YamlBodyMiddleware, path="/v1/pipelines/runs")  # inner: sees bodies already bounded
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     metrics = ApiMetrics()
     limiter = RateLimiter(config.rate_per_s, config.burst, clock)
@@ -274,7 +275,9 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
     # --- routes ---------------------------------------------------------------------------------
     @app.post("/v1/pipelines/runs", status_code=201, response_model=RunOut, tags=["runs"],
               responses=_error_responses(*_COMMON, 409), summary="Submit a pipeline run",
-              dependencies=[Depends(_only_query())])
+              dependencies=[Depends(_only_query())],
+              openapi_extra={"requestBody": {"content": {"application/yaml": {"schema": {
+                  "type": "string", "description": "The pipeline file itself (same as {\"specYaml\": ...} in JSON)."}}}}})
     def submit_run(body: SubmitRunRequest, identity: Principal, request: Request) -> JSONResponse:
         from aimass.spec import parse_pipeline
 

@@ -127,3 +127,55 @@ class BodyLimitMiddleware:
 
 def retry_after_header(wait_s: float) -> str:
     return str(max(1, math.ceil(wait_s)))
+
+
+YAML_TYPES = (b"application/yaml", b"application/x-yaml", b"text/yaml")
+
+
+class YamlBodyMiddleware:
+    """``POST <path>`` with a YAML content type: the body is the pipeline document itself.
+
+    It becomes the JSON submission ``{"specYaml": <the text>}`` before routing, so a raw YAML body goes
+    through exactly the validation, limits and errors of a JSON one (``curl --data-binary @p.yaml``).
+    Runs inside :class:`BodyLimitMiddleware`, which has already bounded the body.
+    """
+
+    def __init__(self, app: Any, path: str) -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        ctype = dict(scope.get("headers") or []).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != self.path or ctype not in YAML_TYPES:
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        try:
+            text = b"".join(chunks).decode("utf-8")
+        except UnicodeDecodeError:
+            start, body = _json_response(400, {"error": "invalid_request", "message": "the YAML body is not UTF-8 text",
+                                               "got": None, "fix": "Send the pipeline file as UTF-8.", "location": None,
+                                               "retryable": False})
+            await send(start)
+            await send(body)
+            return
+        payload = json.dumps({"specYaml": text}).encode()
+        headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+
+        await self.app({**scope, "headers": headers}, replay, send)

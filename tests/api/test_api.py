@@ -35,6 +35,24 @@ def test_health_ready_and_openapi_need_no_token(api):
     assert anon.get("/docs").status_code == 404  # no interactive UI to serve
 
 
+def test_a_raw_yaml_body_is_a_submission_too(api):
+    alice = api.client("alice")
+    r = alice.post(RUNS, content=TINY_PIPELINE.encode(), headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 201, r.text
+    assert r.json()["owner"] == "alice" and r.json()["pipeline"] == yaml.safe_load(TINY_PIPELINE)["metadata"]["name"]
+    # the same validation as JSON submissions: errors name the line of the document
+    r = alice.post(RUNS, content=BAD_PIPELINE.encode(), headers={"Content-Type": "application/x-yaml; charset=utf-8"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_spec" and "specYaml:" in r.json()["errors"][0]["location"]
+    r = alice.post(RUNS, content=b"\xff\xfe not text", headers={"Content-Type": "text/yaml"})
+    assert r.status_code == 400 and "UTF-8" in r.json()["message"]
+    r = alice.post(RUNS, content=b"a: 1\n" * 500_000, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 413  # the size limit comes first
+    r = api.client(identity=None).post(RUNS, content=TINY_PIPELINE.encode(), headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 401
+    doc = alice.get("/openapi.json").json()
+    assert set(doc["paths"][RUNS]["post"]["requestBody"]["content"]) == {"application/json", "application/yaml"}
+
+
 def test_metrics_need_a_token_and_count_by_route_template(api):
     assert api.client(identity=None).get("/metrics").status_code == 401
     alice = api.client("alice")
