@@ -165,7 +165,9 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
              "threads": max(1, int(cfg.cpus_per_trial)), "s3_endpoint_url": s3_endpoint_url,
              "trial_storage": f"{storage_path.rstrip('/')}/trials"}
     workers = cfg.train.num_workers
-    per_trial = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial} if workers == 1 else {"cpu": 0})
+    # A distributed trial's own process only drives its TorchTrainer, whose workers reserve the CPUs/GPUs;
+    # Tune refuses an empty request, so the driver reserves a little memory and no CPU.
+    per_trial = ({"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial} if workers == 1 else {"cpu": 0, "memory": 64 * 1024**2})
     trainable = tune.with_resources(trial_fn, per_trial)
     callbacks = [MlflowTrialLogger(tracking_uri, experiment_id, parent_run_id, pipeline)] if tracking_uri and parent_run_id else []
     run_config = RunConfig(name=name, storage_path=path, storage_filesystem=fs, failure_config=FailureConfig(max_failures=cfg.max_failures),

@@ -258,3 +258,17 @@ def test_tuned_quickstart_flows_the_best_config_into_train_and_register(local_ra
     assert json.loads(train["model_args.hidden"]) == best["modelArgs.hidden"]
     assert float(train["model_args.dropout"]) == pytest.approx(best["modelArgs.dropout"])
     assert st.steps["register"].outputs["model_uri"].startswith("models:/digits-tuned/")
+
+
+def test_a_trial_can_be_a_distributed_ray_train_run(env):
+    """train.numWorkers > 1: each trial is a TorchTrainer run inside the trial (Ray 2.60's Train-inside-Tune),
+    whose per-epoch reports reach Tune and MLflow and whose best checkpoint becomes the step's model."""
+    cfg = {**BASE, "train": {**BASE["train"], "numWorkers": 2, "epochs": 3}, "numSamples": 1, "maxConcurrentTrials": 1,
+           "cpusPerTrial": 1}
+    out, parent = run_tune(env, "distributed", cfg)
+    m = out["tune_metrics"]
+    assert m["trials"] == 1 and m["trial_epochs"] == 3 and 0 < m["best_val_accuracy"] <= 1
+    assert env["store"].exists(out["model"]["key"] + "/weights.safetensors")
+    (trial,) = env["tracker"].child_runs(parent, env["exp"])
+    assert [s for s, _ in env["tracker"].get_metric_history(trial.run_id, "val_accuracy")] == [1, 2, 3]
+    assert trial.tags.get("aimass.best_trial") == "true"
