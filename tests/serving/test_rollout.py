@@ -47,6 +47,28 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def under_load(serving_cluster, token, path: str, width: int, action):
+    """``action()`` while a bounded load loop calls ``path`` (20 answers before it, 20 more after it returns).
+
+    Returns (what ``action`` returned, the loop); asserts that no request failed, even before its retry.
+    """
+    with LoadLoop(serving_cluster, token, path, body(width)) as load:
+        load.wait_for(20)
+        result = action()
+        load.wait_for(len(load.final) + 20)
+    assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
+    return result, load
+
+
+def refused(deploy, cfg, pattern: str):
+    """A deploy that must fail with ``pattern``."""
+    def go():
+        with pytest.raises(Exception, match=pattern) as ei:
+            deploy(cfg)
+        return ei.value
+    return go
+
+
 def test_multiplexing_lru_cache_loads_and_evicts(serving_cluster, registry, token):
     from aimass.serving.config import MultiplexedModel, MultiplexSpec
     from aimass.serving.deploy import deploy, shutdown
@@ -94,23 +116,14 @@ def test_multiplexed_versions_roll_out_beside_the_old_ones(serving_cluster, regi
         max_models_per_replica=2, deployment=small(replicas=1)))
     try:
         first = [d for d in deploy(cfg)["deployments"] if d != "Ingress"]
-        with LoadLoop(serving_cluster, token, "/mr/v2/models/mr-a/infer", body(6)) as load:
-            load.wait_for(20)
-            assert registry.register("mr-a", [6], 3, alias="champion", broken=True) == "2"
-            with pytest.raises(ServingError, match=r"failed its readiness probe for mr-a"):
-                deploy(cfg)
-            n = len(load.final)
-            load.wait_for(n + 20)
-        assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
+        assert registry.register("mr-a", [6], 3, alias="champion", broken=True) == "2"
+        err, load = under_load(serving_cluster, token, "/mr/v2/models/mr-a/infer", 6,
+                               refused(deploy, cfg, r"failed its readiness probe for mr-a"))
+        assert isinstance(err, ServingError)
         assert set(load.versions) == {"1"} and set(deployments("mr")) == {"Ingress", *first}
 
         good = registry.register("mr-a", [6], 3, alias="champion", seed=3)
-        with LoadLoop(serving_cluster, token, "/mr/v2/models/mr-a/infer", body(6)) as load:
-            load.wait_for(20)
-            st = deploy(cfg)
-            n = len(load.final)
-            load.wait_for(n + 20)
-        assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
+        st, load = under_load(serving_cluster, token, "/mr/v2/models/mr-a/infer", 6, lambda: deploy(cfg))
         first_new = load.versions.index(good)
         assert set(load.versions[:first_new]) == {"1"} and set(load.versions[first_new:]) == {good}
         (now,) = [d for d in st["deployments"] if d != "Ingress"]
@@ -130,15 +143,10 @@ def test_broken_version_fails_visibly_and_the_old_one_keeps_serving(serving_clus
                    models=[ModelSpec(name="ro", model_uri="models:/ro@champion", deployment=small(replicas=1))])
     try:
         deploy(cfg)
-        with LoadLoop(serving_cluster, token, "/ro/v2/models/ro/infer", body(8)) as load:
-            load.wait_for(20)
-            bad = registry.register("ro", [8], 3, alias="champion", broken=True)
-            assert bad == "2"
-            with pytest.raises(ServingError, match=r"rollout failed: deployment ro--2 failed to start: .*size mismatch.*; still serving ro v1"):
-                deploy(cfg)
-            n = len(load.final)
-            load.wait_for(n + 20)
-        assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
+        assert registry.register("ro", [8], 3, alias="champion", broken=True) == "2"
+        err, load = under_load(serving_cluster, token, "/ro/v2/models/ro/infer", 8, refused(
+            deploy, cfg, r"rollout failed: deployment ro--2 failed to start: .*size mismatch.*; still serving ro v1"))
+        assert isinstance(err, ServingError)
         assert set(load.versions) == {"1"}
         assert len(load.raw) >= 40
         assert deployments("ro") == {"Ingress": "HEALTHY", "ro--1": "HEALTHY"}
@@ -148,13 +156,8 @@ def test_broken_version_fails_visibly_and_the_old_one_keeps_serving(serving_clus
 
         # a good version then rolls out with zero failed requests, old -> new, never back
         good = registry.register("ro", [8], 3, alias="champion", seed=3)
-        with LoadLoop(serving_cluster, token, "/ro/v2/models/ro/infer", body(8)) as load:
-            load.wait_for(20)
-            st = deploy(cfg)
-            n = len(load.final)
-            load.wait_for(n + 20)
+        st, load = under_load(serving_cluster, token, "/ro/v2/models/ro/infer", 8, lambda: deploy(cfg))
         assert st["models"][0]["version"] == good
-        assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
         first_new = load.versions.index(good)
         assert set(load.versions[:first_new]) == {"1"} and set(load.versions[first_new:]) == {good}
         assert deployments("ro") == {"Ingress": "HEALTHY", f"ro--{good}": "HEALTHY"}
