@@ -276,8 +276,24 @@ def serve_cfg(name: str, prefix: str, model: str, batching: bool, gpu: bool, bat
         ingress=IngressSpec(replicas=1, num_cpus=0.5, max_ongoing_requests=512))
 
 
+def _wait_direct(app: str, proxy_port: int, timeout_s: float = 30.0) -> str | None:
+    """The application's direct URL (its ingress replica's own port), once Serve has published it."""
+    from aimass.serving.deploy import direct_urls
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        urls = direct_urls(app, {"host": "127.0.0.1", "port": proxy_port}, f"/{app}")
+        if urls:
+            return urls[0]
+        if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1") == "0":
+            return None
+        time.sleep(0.5)
+    return None
+
+
 def serve_floor(port: int, seconds: float) -> dict:
-    """Proxy + one replica that returns a constant: what any Ray Serve request costs here."""
+    """Proxy + one replica that returns a constant: what any Ray Serve request costs here (through the
+    proxy, and straight to the replica's direct-ingress port when Serve runs in throughput mode)."""
     from ray import serve
     from starlette.responses import Response
 
@@ -289,7 +305,11 @@ def serve_floor(port: int, seconds: float) -> dict:
 
     serve.run(Floor.bind(), name="floor", route_prefix="/floor", logging_config={"enable_access_log": False, "log_level": "WARNING"})
     try:
-        return {c: run_load(f"http://127.0.0.1:{port}", "/floor", None, c, seconds) for c in CONCURRENCY}
+        out = {"proxy": {c: run_load(f"http://127.0.0.1:{port}", "/floor", None, c, seconds) for c in CONCURRENCY}}
+        direct = _wait_direct("floor", port, 10.0)
+        if direct:
+            out["direct"] = {c: run_load(direct.rsplit("/floor", 1)[0], "/floor", None, c, seconds) for c in CONCURRENCY}
+        return out
     finally:
         serve.delete("floor")
 
@@ -312,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="amsb-", dir="/tmp"))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     all_results: dict[str, dict[str, dict[int, dict]]] = {}
-    floor: dict[int, dict] = {}
+    floor: dict[str, dict[int, dict]] = {}
     try:
         dirs = {m: build_model_dir(home, MODELS[m]) for m in models}
         for m in models:
@@ -344,7 +364,14 @@ def main(argv: list[str] | None = None) -> int:
                                               ("aimass serve, batching", f"{m}-batch", True)):
                     st = deploy(serve_cfg(name, f"/{name}", f"bench-{m}", batching, gpu, args.batch, args.wait_ms / 1000.0), settings)
                     token = read_tokens(st["token_file"])[0]
-                    all_results[m][label] = {c: run_load(url, f"/{name}/v2/models/bench/infer", token, c, secs) for c in CONCURRENCY}
+                    direct = _wait_direct(name, cl.port)
+                    path = f"/{name}/v2/models/bench/infer"
+                    if direct:  # the ingress replica's own port: what `aimass serve` prints as the direct URL
+                        base = direct.rsplit(f"/{name}", 1)[0]
+                        all_results[m][label] = {c: run_load(base, path, token, c, secs) for c in CONCURRENCY}
+                        all_results[m][label + ", via proxy"] = {c: run_load(url, path, token, c, secs) for c in CONCURRENCY}
+                    else:
+                        all_results[m][label] = {c: run_load(url, path, token, c, secs) for c in CONCURRENCY}
                     print(f"[{m}] {label} done", flush=True)
                     shutdown(name)
             floor = serve_floor(cl.port, secs)
@@ -366,8 +393,10 @@ def report(model: str, results: dict, floor: dict, info: dict, secs: float, args
     for label, rows in results.items():
         for c, r in sorted(rows.items()):
             lines.append(f"| {label} | {c} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |")
-    for c, r in sorted(floor.items()):
-        lines.append(f"| (reference) empty Ray Serve app | {c} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |")
+    for how, rows in floor.items():
+        for c, r in sorted(rows.items()):
+            lines.append(f"| (reference) empty Ray Serve app, {how} | {c} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['rps']:.0f} | {r['errors']} |")
     overhead = b[1]["p50_ms"] - raw["p50_ms"]
     overhead_nb = nb[1]["p50_ms"] - raw["p50_ms"]
     tput = b[32]["rps"] / nb[32]["rps"]

@@ -151,6 +151,8 @@ def serve_cmd(
 
 def _print_app(st: dict[str, Any]) -> None:
     console.print(f"[bold]{st['name']}[/]  {st['status']}  {st.get('url') or ''}  auth: {st.get('auth')}")
+    if st.get("direct_urls"):
+        console.print(f"  direct (ingress replicas, one hop less): {', '.join(st['direct_urls'])}")
     t = Table("model", "kind", "registered", "version", "canary", "share")
     for m in st["models"]:
         t.add_row(m["name"], m["kind"], m["registered"], m["version"], m.get("challenger") or "",

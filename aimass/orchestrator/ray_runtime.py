@@ -18,11 +18,20 @@ from pathlib import Path
 from aimass.exceptions import ExecutorError
 
 __all__ = ["ensure_ray", "local_cluster_file", "start_local_cluster", "stop_local_cluster", "local_cluster_address",
-           "DEFAULT_GCS_PORT", "DEFAULT_DASHBOARD_PORT", "runtime_env_vars", "RAY_ENV_DEFAULTS"]
+           "DEFAULT_GCS_PORT", "DEFAULT_DASHBOARD_PORT", "runtime_env_vars", "RAY_ENV_DEFAULTS", "SERVE_ENV_DEFAULTS"]
 
 # Ray Train v2 blocks each report() for up to one controller poll (2 s by default): on short epochs
 # that is most of the time. A 0.1 s poll costs the controller little CPU and keeps reports cheap.
-RAY_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+#
+# Ray Serve's throughput mode (Ray >= 2.55): each application's ingress replica also answers HTTP on a
+# port of its own ("direct ingress", no hop through the proxy actor), deployments call each other over
+# gRPC, and user code and routers share the replica's event loop. On 2 vCPUs it takes an empty Serve
+# request from ~6 ms to ~0.3 ms (docs/benchmarks.md#serving). The proxy keeps serving every route on
+# the configured port. A replica that stops keeps its direct port open for the draining period: 2 s
+# here (Serve's 30 s default is for cloud load balancers to deregister it; our clients fall back to the
+# proxy at once).
+SERVE_ENV_DEFAULTS = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+RAY_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", **SERVE_ENV_DEFAULTS}
 
 DEFAULT_GCS_PORT = int(os.environ.get("AIMASS_RAY_PORT", "6380"))
 DEFAULT_DASHBOARD_PORT = int(os.environ.get("AIMASS_RAY_DASHBOARD_PORT", "8265"))
@@ -198,5 +207,7 @@ def ensure_ray(address: str | None = None, *, home: Path | None = None, persiste
         runtime_env["env_vars"].setdefault("RAY_ADDRESS", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
         return address
+    for k, v in RAY_ENV_DEFAULTS.items():  # the in-process cluster's raylet starts from this environment
+        os.environ.setdefault(k, v)
     ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, logging_level="WARNING")
     return "local (in-process)"

@@ -94,6 +94,9 @@ def _probe(app: str, name: str, dep: Any, deadline: float) -> None:
     from ray import serve
 
     h = serve.get_deployment_handle(name, app_name=app)
+    # This runs outside an event loop: the handle's router gets a loop of its own (Serve's throughput mode
+    # puts routers on the caller's loop, which a blocking caller does not have).
+    h._init(_run_router_in_separate_loop=True)
     # A multiplexed deployment loads its models on demand: each one is loaded and answers once here, so a
     # broken version fails the rollout instead of the first requests after the switch.
     probes = ([(f" for {served}", h.options(multiplexed_model_id=f"{served}:{m['version']}")) for served, m in dep.init["models"].items()]
@@ -149,6 +152,34 @@ def serve_url(http: dict[str, Any], route_prefix: str = "/") -> str:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     return f"http://{host}:{http.get('port', 8000)}{route_prefix.rstrip('/')}"
+
+
+def direct_urls(app: str, http: dict[str, Any], route_prefix: str = "/") -> list[str]:
+    """URLs of the application's ingress replicas themselves, when Serve runs with direct ingress
+    (``RAY_SERVE_THROUGHPUT_OPTIMIZED``, on for clusters AI Mass starts): the fastest way in, one hop
+    less than the proxy's URL. A URL changes when its replica is replaced, so clients keep the proxy's
+    URL to fall back on. Empty without direct ingress or while no ingress replica is running."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    try:
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return []
+        groups = ray.get(client._controller.get_target_groups.remote(app), timeout=10)
+    except Exception:  # noqa: BLE001 - an older Serve or a controller restarting: the proxy URL still works
+        return []
+    host = http.get("host") or ""
+    urls = []
+    for g in groups:
+        if not str(g.protocol).upper().endswith("HTTP") or (g.app_name and g.app_name != app):
+            continue
+        for t in g.targets:
+            if t.port == http.get("port"):
+                continue  # the proxy itself
+            h = "127.0.0.1" if is_loopback(host) else (t.ip if host in ("0.0.0.0", "::", "") else host)
+            urls.append(serve_url({"host": h, "port": t.port}, route_prefix))
+    return sorted(set(urls))
 
 
 def with_model(app: str, model: dict[str, Any], app_fields: dict[str, Any] | None = None) -> ServeConfig:
@@ -256,6 +287,7 @@ def _app_status(app: str, http: dict[str, Any] | None = None) -> dict[str, Any]:
         "name": app,
         "status": str(st.status).rsplit(".", 1)[-1] if st is not None else "NOT_RUNNING",
         "url": serve_url(http, cfg_doc.get("routePrefix", "/")) if http else None,
+        "direct_urls": direct_urls(app, http, cfg_doc.get("routePrefix", "/")) if http and st is not None else [],
         "auth": auth.get("mode", "token"),
         "token_file": auth.get("tokenFile"),
         "models": models,

@@ -172,8 +172,9 @@ def test_broken_version_fails_visibly_and_the_old_one_keeps_serving(serving_clus
             load.wait_for(n + 10)
         assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
         wait_until(lambda: deployments("ro") == {"Ingress": "HEALTHY", f"ro--{newer}": "HEALTHY"}, 60, "the old version to retire")
-        events = status("ro")["apps"][0]["events"]
-        assert any(e.get("reason") == "alias moved" and e["plan"]["ro"]["champion"] == newer for e in events), events
+        # the controller records the rollout just after it retires the old deployment
+        wait_until(lambda: any(e.get("reason") == "alias moved" and e["plan"]["ro"]["champion"] == newer
+                               for e in status("ro")["apps"][0]["events"]), 30, "the alias rollout to be recorded")
     finally:
         shutdown("ro")
 

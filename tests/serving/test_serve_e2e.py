@@ -58,6 +58,30 @@ def test_deploy_reports_url_and_version(app, serving_cluster):
     assert app["deployments"]["digits--1"]["status"] == "HEALTHY"
 
 
+def test_the_direct_endpoint_answers_like_the_proxy_with_the_same_auth(app, serving_cluster, token):
+    """Throughput mode: the ingress replica answers on a port of its own, one hop less than the proxy,
+    with the same routes, auth and answers (and listening on loopback only, like the proxy)."""
+    import httpx
+
+    from aimass.serving.deploy import status
+
+    deadline = time.monotonic() + 30
+    urls = app["direct_urls"]
+    while not urls and time.monotonic() < deadline:  # Serve publishes the port once the replica is up
+        time.sleep(0.5)
+        urls = status("e2e")["apps"][0]["direct_urls"]
+    assert len(urls) == 1 and urls[0].startswith("http://127.0.0.1:") and urls[0] != serving_cluster.url, urls
+    x = np.random.default_rng(1).normal(size=(3, N_IN)).astype(np.float32)
+    answers = []
+    for base in (urls[0], serving_cluster.url):
+        with httpx.Client(base_url=base, timeout=30) as c:
+            assert c.post("/v2/models/digits/infer", json=body(x)).status_code == 401
+            r = c.post("/v2/models/digits/infer", json=body(x), headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["outputs"][0]["data"])
+    assert np.allclose(answers[0], answers[1])
+
+
 def test_health_and_server_metadata(http):
     assert http.get("/v2/health/live").json() == {"live": True}
     assert http.get("/v2/health/ready").json() == {"ready": True}
