@@ -472,6 +472,10 @@ def build_rayjob(
     return {"apiVersion": f"{RAY_GROUP}/{RAY_VERSION_API}", "kind": "RayJob", "metadata": meta, "spec": job_spec}
 
 
+# Ray Serve's high-throughput mode (Ray >= 2.55), set on every node before Ray starts.
+HIGH_THROUGHPUT_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
 def build_rayservice(
     serve_config: Any,
     name: str,
@@ -487,12 +491,16 @@ def build_rayservice(
     image_pull_policy: str = "IfNotPresent",
     ray_version: str | None = None,
     token_auth: bool = True,
+    high_throughput: bool = True,
 ) -> dict[str, Any]:
     """A KubeRay ``RayService`` serving ``serve_config``.
 
     ``serve_config`` is an :class:`aimass.serving.config.ServeConfig` (converted with
     ``aimass.serving.config.to_serve_config_v2``), or an already-built Serve config v2 dict
     (``{"applications": [...]}``) or its YAML text. Pods follow the same restricted profile as RayJobs.
+    ``high_throughput`` turns on Ray Serve's high-throughput mode on every pod (HAProxy in front of the
+    ingress replicas on port 8000, gRPC between deployments), as the chart's ``serving.highThroughput``
+    does; ``env`` overrides it.
     """
     if isinstance(serve_config, str):
         serve_v2 = serve_config
@@ -511,7 +519,7 @@ def build_rayservice(
                                   fix=f"Use at most {MAX_RAYJOB_NAME} lowercase letters, digits and '-', starting with a letter.")
     _check_name("namespace", namespace)
     shape = cluster or ClusterShape(workers=1)
-    container_env = _env_list(env, secret_env)
+    container_env = _env_list({**(HIGH_THROUGHPUT_SERVE_ENV if high_throughput else {}), **(env or {})}, secret_env)
     env_from = [{"secretRef": {"name": _check_name("Secret", s)}} for s in (env_from_secrets or [])]
     pod_labels = {LABEL_NAME: "aimass", LABEL_MANAGED_BY: MANAGED_BY, "aimass.io/service": name}
 

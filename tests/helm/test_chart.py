@@ -935,6 +935,9 @@ def test_serving_config_is_passed_through_as_the_app_args(render: Render) -> Non
     for pod in pod_specs(service):
         (container,) = pod.spec["containers"]
         assert env_of(container)["AIMASS_SERVE_TOKEN_FILE"]["value"] == "/var/run/aimass/serve-token/token"
+        # Serve's high-throughput mode on every serving node (serving.highThroughput, on by default)
+        assert env_of(container)["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
+        assert env_of(container)["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert mounts["serve-token"] == "/var/run/aimass/serve-token"
         volume = {v["name"]: v for v in pod.spec["volumes"]}["serve-token"]
@@ -943,6 +946,16 @@ def test_serving_config_is_passed_through_as_the_app_args(render: Render) -> Non
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "aimass-serve-serve-svc", "port": {"number": 8000}}
     assert not of_kind(render("default"), "RayService")
+
+
+def test_serving_high_throughput_mode_can_be_turned_off(helm: Helm) -> None:
+    from tests.helm._helm import scenario_files
+
+    objects = helm.render(values_files=scenario_files("full"), set_values=["serving.highThroughput=false"])
+    service = one(objects, "RayService", "aimass-serve")
+    for pod in pod_specs(service):
+        (container,) = pod.spec["containers"]
+        assert not [k for k in env_of(container) if k.startswith("RAY_SERVE_")]
 
 
 @pytest.mark.parametrize("scenario", ALL)

@@ -199,3 +199,18 @@ def test_rayservice_from_a_serve_config_is_valid():
     assert svc["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
     plain = build_rayservice({"applications": []}, "plain", NAMESPACE, image=IMAGE)
     assert validate_kuberay_object(plain) == []
+
+
+def test_rayservice_pods_run_serve_in_high_throughput_mode_unless_told_not_to():
+    def serve_env(svc):
+        envs = [{e["name"]: e.get("value") for e in t["spec"]["containers"][0]["env"]} for _, t in pod_templates(svc)]
+        assert len(envs) == 2  # head and workers alike: every node's Serve must agree
+        return [{k: v for k, v in e.items() if k.startswith("RAY_SERVE_")} for e in envs]
+
+    on = build_rayservice({"applications": []}, "fast", NAMESPACE, image=IMAGE)
+    assert serve_env(on) == [{"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}] * 2
+    off = build_rayservice({"applications": []}, "classic", NAMESPACE, image=IMAGE, high_throughput=False)
+    assert serve_env(off) == [{}, {}]
+    mixed = build_rayservice({"applications": []}, "mixed", NAMESPACE, image=IMAGE, env={"RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    assert serve_env(mixed)[0] == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    assert validate_kuberay_object(on) == [] and validate_kuberay_object(off) == []

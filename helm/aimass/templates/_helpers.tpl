@@ -321,6 +321,13 @@ spec:
         {{- if .serving }}
         - name: AIMASS_SERVE_TOKEN_FILE
           value: /var/run/aimass/serve-token/token
+        {{- if $values.serving.highThroughput }}
+        {{- /* Every node of the serving cluster needs both, before Ray starts. */}}
+        - name: RAY_SERVE_ENABLE_HA_PROXY
+          value: "1"
+        - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+          value: "1"
+        {{- end }}
         {{- end }}
       resources:
         {{- $resources := deepCopy (default dict .group.resources) }}
