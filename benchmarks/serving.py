@@ -277,16 +277,17 @@ def serve_cfg(name: str, prefix: str, model: str, batching: bool, gpu: bool, bat
 
 
 def _wait_direct(app: str, proxy_port: int, timeout_s: float = 30.0) -> str | None:
-    """The application's direct URL (its ingress replica's own port), once Serve has published it."""
+    """Base URL of the application's ingress replica's own port (route prefix not included), once Serve
+    has published it; None in Serve's classic mode."""
     from aimass.serving.deploy import direct_urls
 
+    if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1") == "0":
+        return None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        urls = direct_urls(app, {"host": "127.0.0.1", "port": proxy_port}, f"/{app}")
+        urls = direct_urls(app, {"host": "127.0.0.1", "port": proxy_port})
         if urls:
             return urls[0]
-        if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1") == "0":
-            return None
         time.sleep(0.5)
     return None
 
@@ -308,7 +309,7 @@ def serve_floor(port: int, seconds: float) -> dict:
         out = {"proxy": {c: run_load(f"http://127.0.0.1:{port}", "/floor", None, c, seconds) for c in CONCURRENCY}}
         direct = _wait_direct("floor", port, 10.0)
         if direct:
-            out["direct"] = {c: run_load(direct.rsplit("/floor", 1)[0], "/floor", None, c, seconds) for c in CONCURRENCY}
+            out["direct"] = {c: run_load(direct, "/floor", None, c, seconds) for c in CONCURRENCY}
         return out
     finally:
         serve.delete("floor")
@@ -367,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                     direct = _wait_direct(name, cl.port)
                     path = f"/{name}/v2/models/bench/infer"
                     if direct:  # the ingress replica's own port: what `aimass serve` prints as the direct URL
-                        base = direct.rsplit(f"/{name}", 1)[0]
-                        all_results[m][label] = {c: run_load(base, path, token, c, secs) for c in CONCURRENCY}
+                        all_results[m][label] = {c: run_load(direct, path, token, c, secs) for c in CONCURRENCY}
                         all_results[m][label + ", via proxy"] = {c: run_load(url, path, token, c, secs) for c in CONCURRENCY}
                     else:
                         all_results[m][label] = {c: run_load(url, path, token, c, secs) for c in CONCURRENCY}

@@ -169,7 +169,7 @@ def direct_urls(app: str, http: dict[str, Any], route_prefix: str = "/") -> list
         groups = ray.get(client._controller.get_target_groups.remote(app), timeout=10)
     except Exception:  # noqa: BLE001 - an older Serve or a controller restarting: the proxy URL still works
         return []
-    host = http.get("host") or ""
+    local = is_loopback(http.get("host"))  # replicas listen where the proxy does: loopback, or every interface
     urls = []
     for g in groups:
         if not str(g.protocol).upper().endswith("HTTP") or (g.app_name and g.app_name != app):
@@ -177,8 +177,7 @@ def direct_urls(app: str, http: dict[str, Any], route_prefix: str = "/") -> list
         for t in g.targets:
             if t.port == http.get("port"):
                 continue  # the proxy itself
-            h = "127.0.0.1" if is_loopback(host) else (t.ip if host in ("0.0.0.0", "::", "") else host)
-            urls.append(serve_url({"host": h, "port": t.port}, route_prefix))
+            urls.append(serve_url({"host": "127.0.0.1" if local else t.ip, "port": t.port}, route_prefix))
     return sorted(set(urls))
 
 

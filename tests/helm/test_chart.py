@@ -949,8 +949,6 @@ def test_serving_config_is_passed_through_as_the_app_args(render: Render) -> Non
 
 
 def test_serving_high_throughput_mode_can_be_turned_off(helm: Helm) -> None:
-    from tests.helm._helm import scenario_files
-
     objects = helm.render(values_files=scenario_files("full"), set_values=["serving.highThroughput=false"])
     service = one(objects, "RayService", "aimass-serve")
     for pod in pod_specs(service):

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.serving._support import http_client
+from tests.serving._support import http_client, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -65,11 +65,8 @@ def test_the_direct_endpoint_answers_like_the_proxy_with_the_same_auth(app, serv
 
     from aimass.serving.deploy import status
 
-    deadline = time.monotonic() + 30
-    urls = app["direct_urls"]
-    while not urls and time.monotonic() < deadline:  # Serve publishes the port once the replica is up
-        time.sleep(0.5)
-        urls = status("e2e")["apps"][0]["direct_urls"]
+    # Serve publishes the port once the replica is up
+    urls = app["direct_urls"] or wait_until(lambda: status("e2e")["apps"][0]["direct_urls"], 30, "the direct URL")
     assert len(urls) == 1 and urls[0].startswith("http://127.0.0.1:") and urls[0] != serving_cluster.url, urls
     x = np.random.default_rng(1).normal(size=(3, N_IN)).astype(np.float32)
     answers = []
