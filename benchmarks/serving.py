@@ -2,12 +2,18 @@
 
 All four are measured in one run, per model, on the same model and the same V2 JSON request (one
 row), with the same load generator (a small asyncio HTTP/1.1 client with keep-alive, so the client
-costs little CPU), at concurrency 1, 8 and 32. Two zoo MLPs (64 features -> 10 classes) are measured:
+costs little CPU), at concurrency 1, 8 and 32. Three zoo MLPs (64 features -> 10 classes) are measured:
 
 * ``small`` (hidden 256-128, ~0.2 ms per call): the serving overhead dominates;
 * ``large`` (hidden 2048-2048-2048, 8.5 M parameters, ~3 ms per call here);
 * ``xlarge`` (hidden 4096 x 4, 50 M parameters, memory-bound: one row costs about as much as 32):
   the model dominates, the regime batching is for.
+
+aimass is measured twice, in its default layout (ingress replica -> model replica, one gRPC hop) and
+with ``colocate: true`` (the ingress answers from its own copy of the champion; CPU only), each
+without and with batching (continuous: no fill window unless ``--wait-ms`` is set), through the
+ingress replica's direct port; the default layout is also measured through Serve's proxy unless
+``--no-proxy``. The goals are reported for both layouts.
 
 A do-nothing Ray Serve application (proxy + one empty replica) is measured too: the floor any Serve
 app pays on this machine. The script starts its own local Ray cluster (loopback, its own temp dir,
@@ -264,7 +270,7 @@ def register(home: Path, model_dir: Path, name: str) -> None:
     tr.set_alias(name, "champion", tr.register(uri, name, run_id=run))
 
 
-def serve_cfg(name: str, prefix: str, model: str, batching: bool, gpu: bool, batch: int, wait_s: float):
+def serve_cfg(name: str, prefix: str, model: str, batching: bool, gpu: bool, batch: int, wait_s: float, colocate: bool = False):
     from aimass.serving.config import BatchingSpec, DeploymentSpec, IngressSpec, ModelSpec, ServeConfig
 
     return ServeConfig(
@@ -272,7 +278,8 @@ def serve_cfg(name: str, prefix: str, model: str, batching: bool, gpu: bool, bat
         models=[ModelSpec(name="bench", model_uri=f"models:/{model}@champion",
                           deployment=DeploymentSpec(replicas=1, num_cpus=0.5, num_gpus=1.0 if gpu else 0.0, max_ongoing_requests=64,
                                                     max_queued_requests=1024),
-                          batching=BatchingSpec(enabled=batching, max_batch_size=batch, batch_wait_timeout_s=wait_s))],
+                          batching=BatchingSpec(enabled=batching, max_batch_size=batch, batch_wait_timeout_s=wait_s),
+                          colocate=colocate)],
         ingress=IngressSpec(replicas=1, num_cpus=0.5, max_ongoing_requests=512))
 
 
@@ -290,6 +297,19 @@ def _wait_direct(app: str, proxy_port: int, timeout_s: float = 30.0) -> str | No
             return urls[0]
         time.sleep(0.5)
     return None
+
+
+def _wait_colocated(base: str, prefix: str, token: str, timeout_s: float = 120.0) -> None:
+    """Until the ingress answers the model from its own copy (model metadata says ``colocated``)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{base}{prefix}/v2/models/bench", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        if r.status_code == 200 and (r.json().get("parameters") or {}).get("colocated"):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the ingress did not load its colocated copy of the model in time")
 
 
 def serve_floor(port: int, seconds: float) -> dict:
@@ -321,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 s per cell instead of 8 s.")
     ap.add_argument("--seconds", type=float, default=None, help="Measured seconds per cell.")
     ap.add_argument("--batch", type=int, default=32, help="maxBatchSize of the batched server.")
-    ap.add_argument("--wait-ms", type=float, default=2.0, help="batchWaitTimeoutS of the batched server, in ms.")
+    ap.add_argument("--wait-ms", type=float, default=0.0, help="batchWaitTimeoutS of the batched server, in ms (0: continuous batching, no fill window).")
     ap.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     ap.add_argument("--models", default="small,large,xlarge", help="Comma-separated: small, large, xlarge.")
+    ap.add_argument("--no-proxy", action="store_true", help="Skip the reference measurements through Serve's proxy.")
     args = ap.parse_args(argv)
     secs = args.seconds or (3.0 if args.quick else 8.0)
     info = machine()
@@ -361,15 +382,23 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{cl.port}"
             for m in models:
                 register(home, dirs[m], f"bench-{m}")
-                for label, name, batching in (("aimass serve, no batching", f"{m}-nobatch", False),
-                                              ("aimass serve, batching", f"{m}-batch", True)):
-                    st = deploy(serve_cfg(name, f"/{name}", f"bench-{m}", batching, gpu, args.batch, args.wait_ms / 1000.0), settings)
+                variants = [("aimass serve, no batching", f"{m}-nobatch", False, False),
+                            ("aimass serve, batching", f"{m}-batch", True, False)]
+                if not gpu:  # colocation is for CPU models
+                    variants += [("aimass serve, colocated, no batching", f"{m}-co-nobatch", False, True),
+                                 ("aimass serve, colocated, batching", f"{m}-co-batch", True, True)]
+                for label, name, batching, colocate in variants:
+                    st = deploy(serve_cfg(name, f"/{name}", f"bench-{m}", batching, gpu, args.batch, args.wait_ms / 1000.0, colocate),
+                                settings)
                     token = read_tokens(st["token_file"])[0]
                     direct = _wait_direct(name, cl.port)
                     path = f"/{name}/v2/models/bench/infer"
+                    if colocate:
+                        _wait_colocated(direct or url, f"/{name}", token)
                     if direct:  # the ingress replica's own port: what `aimass serve` prints as the direct URL
                         all_results[m][label] = {c: run_load(direct, path, token, c, secs) for c in CONCURRENCY}
-                        all_results[m][label + ", via proxy"] = {c: run_load(url, path, token, c, secs) for c in CONCURRENCY}
+                        if not colocate and not args.no_proxy:
+                            all_results[m][label + ", via proxy"] = {c: run_load(url, path, token, c, secs) for c in CONCURRENCY}
                     else:
                         all_results[m][label] = {c: run_load(url, path, token, c, secs) for c in CONCURRENCY}
                     print(f"[{m}] {label} done", flush=True)
@@ -397,19 +426,24 @@ def report(model: str, results: dict, floor: dict, info: dict, secs: float, args
         for c, r in sorted(rows.items()):
             lines.append(f"| (reference) empty Ray Serve app, {how} | {c} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
                          f"{r['rps']:.0f} | {r['errors']} |")
-    overhead = b[1]["p50_ms"] - raw["p50_ms"]
-    overhead_nb = nb[1]["p50_ms"] - raw["p50_ms"]
-    tput = b[32]["rps"] / nb[32]["rps"]
-    p95 = b[32]["p95_ms"] / nb[32]["p95_ms"]
-    vs_fa = b[32]["rps"] / fa[32]["rps"]
-    goals = [
-        ("p50 overhead over the raw call at concurrency 1 (no batching / batching)", f"{overhead_nb:.2f} / {overhead:.2f} ms", "<= 2 ms",
-         overhead_nb <= 2.0),
-        ("batching vs no batching, throughput at concurrency 32", f"{tput:.2f}x", ">= 3x", tput >= 3.0),
-        ("batching vs no batching, p95 at concurrency 32", f"{p95:.2f}x", "<= 1.2x", p95 <= 1.2),
-        ("aimass (batching) vs FastAPI, throughput at concurrency 32", f"{vs_fa:.2f}x", ">= 1.0x", vs_fa >= 1.0),
-        ("FastAPI p50 overhead over the raw call at concurrency 1 (reference)", f"{fa[1]['p50_ms'] - raw['p50_ms']:.2f} ms", "-", None),
-    ]
+    goals = []
+    modes = [("", nb, b)]
+    if "aimass serve, colocated, batching" in results:
+        modes.append((" [colocated]", results["aimass serve, colocated, no batching"], results["aimass serve, colocated, batching"]))
+    for tag, nb_, b_ in modes:
+        overhead = b_[1]["p50_ms"] - raw["p50_ms"]
+        overhead_nb = nb_[1]["p50_ms"] - raw["p50_ms"]
+        tput = b_[32]["rps"] / nb_[32]["rps"]
+        p95 = b_[32]["p95_ms"] / nb_[32]["p95_ms"]
+        vs_fa = b_[32]["rps"] / fa[32]["rps"]
+        goals += [
+            (f"p50 overhead over the raw call at concurrency 1 (no batching / batching){tag}",
+             f"{overhead_nb:.2f} / {overhead:.2f} ms", "<= 2 ms", max(overhead_nb, overhead) <= 2.0),
+            (f"batching vs no batching, throughput at concurrency 32{tag}", f"{tput:.2f}x", ">= 3x", tput >= 3.0),
+            (f"batching vs no batching, p95 at concurrency 32{tag}", f"{p95:.2f}x", "<= 1.2x", p95 <= 1.2),
+            (f"aimass (batching) vs FastAPI, throughput at concurrency 32{tag}", f"{vs_fa:.2f}x", ">= 1.0x", vs_fa >= 1.0),
+        ]
+    goals.append(("FastAPI p50 overhead over the raw call at concurrency 1 (reference)", f"{fa[1]['p50_ms'] - raw['p50_ms']:.2f} ms", "-", None))
     lines += ["", "| goal | measured | target | met |", "|---|---:|---:|:---:|"]
     for g, m, t, ok in goals:
         lines.append(f"| {g} | {m} | {t} | {'-' if ok is None else 'yes' if ok else 'no'} |")

@@ -32,6 +32,8 @@ class ZooModel(nn.Module):
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities, always computed in inference mode (no dropout, frozen batch-norm)."""
         was_training = self.training
+        if not was_training:  # the serving path: skip walking the modules twice per call
+            return torch.softmax(self.forward(x).float(), dim=-1)
         self.eval()
         try:
             return torch.softmax(self.forward(x).float(), dim=-1)

@@ -131,11 +131,16 @@ class AutoscalingSpec(StrictModel):
 
 
 class BatchingSpec(StrictModel):
-    """Dynamic batching with ``@serve.batch``: requests are merged row-wise into one model call."""
+    """Dynamic batching: concurrent requests are merged row-wise into one model call.
+
+    Batching is continuous: an idle replica runs a request at once, and requests that arrive while the
+    model works run together as the next batch (up to ``maxBatchSize`` rows), so batches grow with
+    the load and no timer delays a request at low load."""
 
     enabled: bool = Field(True, description="Merge concurrent requests into one model call.")
     max_batch_size: int = Field(32, ge=1, le=65_536, description="Most rows in one model call (a request larger than this runs alone).")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, le=10, description="Longest a request waits for others to fill the batch.")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10, description="Longest a request that finds the model idle waits for others "
+                                        "to fill the batch (0: it runs at once; busy periods batch anyway).")
 
 
 class DeploymentSpec(StrictModel):
@@ -213,11 +218,22 @@ class ModelSpec(StrictModel):
     watch_alias: bool = Field(False, description="Poll the registry and roll out automatically when an alias in modelUri (or canary.modelUri) moves.")
     max_rows_per_request: int = Field(4096, ge=1, le=1_000_000, description="Most rows (batch dimension) one request may carry.")
     allow_non_finite: bool = Field(False, description="Accept NaN and +-Inf in float inputs (refused with 400 by default).")
+    colocate: bool = Field(False, description="Also load the champion into each ingress replica and answer from there, with no hop to the "
+                           "model deployment: the lowest latency for small CPU models. The model deployment still gates each version "
+                           "(load + readiness check), answers while an ingress loads a new champion, and serves the challenger. CPU models only.")
 
     @field_validator("model_uri")
     @classmethod
     def _valid_uri(cls, v: str) -> str:
         return _check_uri(v)
+
+    @model_validator(mode="after")
+    def _colocate_cpu_only(self) -> "ModelSpec":
+        if self.colocate and self.deployment.num_gpus > 0:
+            raise ValueError(f"colocate: true runs the champion inside the ingress replicas, which have no GPU, but "
+                             f"deployment.numGpus is {self.deployment.num_gpus:g}; "
+                             "set colocate: false for GPU models")
+        return self
 
     @property
     def replicas(self) -> int | None:

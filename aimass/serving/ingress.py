@@ -15,7 +15,9 @@ import json
 import logging
 import random
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from ray import serve
 
 from aimass.exceptions import AimassError, AuthError, InvalidRequestError, NotFoundError, ServingError
 from aimass.serving.auth import TokenAuth
+from aimass.serving.batching import OverloadedError, RowBatcher
 from aimass.serving.canary import CanaryMonitor
 from aimass.serving.config import ServeConfig
 from aimass.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
@@ -44,11 +47,6 @@ from aimass.serving.protocol import (
 __all__ = ["Ingress"]
 
 log = logging.getLogger("aimass.serving")
-
-
-class OverloadedError(ServingError):
-    code = "overloaded"
-    http_status = 503
 
 
 class UnavailableError(ServingError):
@@ -80,7 +78,9 @@ class Route:
     allow_non_finite: bool = False
     versions: list[str] = field(default_factory=list)
     batch_rows: int = 0  # 0: no batching in the ingress
+    batch_wait_s: float = 0.0
     max_queued: int = 256
+    colocate: bool = False  # answer the champion from a copy loaded in this replica once it is ready
 
     def target(self, version: str | None) -> tuple[Target, bool]:
         """(target, is_canary_split). An explicit version must be one that is served."""
@@ -94,71 +94,6 @@ class Route:
         if self.challenger is not None and random.random() < self.share:
             return self.challenger, True
         return self.champion, False
-
-
-class _Batcher:
-    """Concurrency-adaptive batching of one target's calls in the ingress.
-
-    A request is sent at once while fewer than ``max_inflight`` calls are running (no added latency
-    at low load); otherwise it waits for a running call to finish and goes out with the others that
-    queued meanwhile, up to ``max_rows`` rows per call. One Ray call then carries many requests, which
-    is what makes batching pay when the per-call overhead, not the model, is the cost.
-    """
-
-    def __init__(self, send, max_rows: int, max_queued: int, what: str, max_inflight: int = 4) -> None:
-        self.send = send
-        self.max_rows = max_rows
-        self.max_queued = max_queued
-        self.what = what
-        self.max_inflight = max_inflight
-        self.inflight = 0
-        self.pending: list[tuple[Any, asyncio.Future]] = []
-        self.rows = 0
-
-    async def submit(self, x: Any) -> Any:
-        if len(self.pending) >= self.max_queued:  # the bounded queue: refuse at once instead of waiting
-            raise OverloadedError(f"model {self.what} is at capacity (its request queue is full)",
-                                  fix="Retry after a short pause, or raise replicas / maxQueuedRequests.")
-        fut = asyncio.get_running_loop().create_future()
-        self.pending.append((x, fut))
-        self.rows += int(x.shape[0])
-        if self.inflight < self.max_inflight or self.rows >= self.max_rows:
-            self._flush()
-        return await fut
-
-    def _flush(self) -> None:
-        while self.pending and (self.inflight < self.max_inflight or self.rows >= self.max_rows):
-            batch, rows = [], 0
-            while self.pending and (not batch or rows + int(self.pending[0][0].shape[0]) <= self.max_rows):
-                item = self.pending.pop(0)
-                rows += int(item[0].shape[0])
-                batch.append(item)
-            self.rows -= rows
-            self.inflight += 1
-            asyncio.get_running_loop().create_task(self._run(batch))
-
-    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        import numpy as np
-
-        try:
-            xs = [x for x, _ in batch]
-            probs, info = await self.send(xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0))
-        except BaseException as e:  # noqa: BLE001 - every request of the batch gets the error
-            for _, f in batch:
-                if not f.done():
-                    f.set_exception(e)
-        else:
-            start = 0
-            rest = {k: v for k, v in info.items() if k != "cache_events"}  # events are counted once per call
-            for i, (x, f) in enumerate(batch):
-                n = int(x.shape[0])
-                if not f.done():
-                    f.set_result((probs[start:start + n], info if i == 0 else rest))
-                start += n
-        finally:
-            self.inflight -= 1
-            if self.pending:
-                self._flush()
 
 
 _REPLICA_GONE: tuple[type[BaseException], ...] = ()
@@ -198,7 +133,14 @@ class Ingress:
         self._tripped: dict[tuple[str, str], dict[str, Any]] = {}
         self._monitors: dict[tuple[str, str], CanaryMonitor] = {}
         self._bg: set[asyncio.Task] = set()
-        self._batchers: dict[tuple[str, str | None, int], _Batcher] = {}
+        self._batchers: dict[tuple[Any, ...], RowBatcher] = {}
+        # colocated champions: (registered, version) -> model loaded in this replica
+        self._local: dict[tuple[str, str], Any] = {}
+        self._local_wanted: set[tuple[str, str]] = set()
+        self._local_failed: dict[tuple[str, str], str] = {}
+        self._local_loading: set[tuple[str, str]] = set()
+        self._local_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- configuration -----------------------------------------------------------------------------
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -214,7 +156,8 @@ class Ingress:
             ch = entry["champion"]
             route = Route(m.name, Target(ch["version"], ch["deployment"], entry["registered"]), max_rows=m.max_rows_per_request,
                           allow_non_finite=m.allow_non_finite, batch_rows=m.batching.max_batch_size if m.batching.enabled else 0,
-                          max_queued=m.deployment.max_queued_requests)
+                          batch_wait_s=m.batching.batch_wait_timeout_s, max_queued=m.deployment.max_queued_requests,
+                          colocate=m.colocate)
             route.versions = [ch["version"]]
             c = entry.get("challenger")
             if c and m.canary is not None:
@@ -240,11 +183,61 @@ class Ingress:
                                         batch_rows=cfg.multiplex.batching.max_batch_size if cfg.multiplex.batching.enabled else 0,
                                         max_queued=cfg.multiplex.deployment.max_queued_requests)
         self.cfg, self.auth, self.routes, self._monitors = cfg, auth, routes, monitors
+        self._colocate(cfg, routes)
         self.max_request_bytes = cfg.max_request_bytes
         self.timeout_s = cfg.ingress.request_timeout_s
         self.overload_status = cfg.ingress.overload_status
         log.info("ingress %s routes: %s", self.app_name,
                  {n: (r.champion.version, r.challenger.version if r.challenger else None, r.share) for n, r in routes.items()})
+
+    def _colocate(self, cfg: ServeConfig, routes: dict[str, Route]) -> None:
+        """Load the champions of ``colocate`` routes in the background; drop copies no route needs.
+
+        Until a copy is loaded (and passed its warm-up), the route keeps calling the model deployment,
+        which has already passed its readiness check, so a rollout never waits on the ingress."""
+        wanted = {(r.champion.registered, r.champion.version) for r in routes.values() if r.colocate}
+        with self._local_lock:
+            self._local_wanted = wanted
+            for key in list(self._local):
+                if key not in wanted:
+                    del self._local[key]
+            for key in list(self._batchers):  # a retired copy's batcher holds it too
+                if key[0] == "local" and key[1:3] not in wanted:
+                    self._batchers.pop(key, None)
+            todo = [k for k in wanted if k not in self._local and k not in self._local_failed and k not in self._local_loading]
+            self._local_loading.update(todo)
+        if todo and self._pool is None:
+            import torch
+
+            threads = max(1, int(cfg.ingress.num_cpus or 1))
+            torch.set_num_threads(threads)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aimass-local-model",
+                                            initializer=torch.set_num_threads, initargs=(threads,))
+        for key in todo:
+            threading.Thread(target=self._load_local, args=(key, cfg.tracking_uri, cfg.registry_uri), daemon=True,
+                             name=f"aimass-load-{key[0]}-{key[1]}").start()
+
+    def _load_local(self, key: tuple[str, str], tracking_uri: str | None, registry_uri: str | None) -> None:
+        from aimass.serving.model import load_registered
+
+        try:
+            lm = load_registered(key[0], key[1], tracking_uri, registry_uri, "cpu")
+        except Exception as e:  # noqa: BLE001 - the route keeps using the model deployment
+            log.exception("could not load %s v%s in the ingress; its model deployment keeps answering", *key)
+            with self._local_lock:
+                self._local_loading.discard(key)
+                self._local_failed[key] = f"{type(e).__name__}: {e}"
+            return
+        with self._local_lock:
+            self._local_loading.discard(key)
+            if key in self._local_wanted:  # not retired while it loaded
+                self._local[key] = lm
+                log.info("%s v%s is now answered from the ingress (colocated)", *key)
+
+    def _local_model(self, route: Route, t: Target) -> Any:
+        if not route.colocate or t is not route.champion:
+            return None
+        return self._local.get((t.registered, t.version))
 
     def check_health(self) -> None:
         if self.cfg is None or self.auth is None:
@@ -267,8 +260,8 @@ class Ingress:
         gone = _replica_gone_errors()
         for attempt in (1, 2):
             try:
-                resp = getattr(self._handle(t), method).remote(*args)
-                return await asyncio.wait_for(_wait(resp), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # no extra task per call, unlike wait_for
+                    return await getattr(self._handle(t), method).remote(*args)
             except BackPressureError:
                 raise OverloadedError(f"model {t.registered} v{t.version} is at capacity (its request queue is full)",
                                       fix="Retry after a short pause, or raise replicas / maxQueuedRequests.") from None
@@ -288,14 +281,41 @@ class Ingress:
         raise AssertionError("unreachable")
 
     async def _predict(self, route: Route, t: Target, x: Any) -> Any:
+        lm = self._local_model(route, t)
+        if lm is not None:
+            return await self._predict_local(route, lm, x)
         if route.batch_rows and x.shape[0] <= route.batch_rows:
             key = (t.deployment, t.model_id, route.batch_rows, route.max_queued)
             b = self._batchers.get(key)
             if b is None:
-                b = self._batchers[key] = _Batcher(lambda arr, t=t: self._call(t, "predict", arr), route.batch_rows,
-                                                   route.max_queued, f"{t.registered} v{t.version}")
+                # up to 4 calls overlap the network; the model replica merges them again
+                b = self._batchers[key] = RowBatcher(lambda arr, t=t: self._call(t, "predict", arr), route.batch_rows,
+                                                     max_queued=route.max_queued, max_inflight=4,
+                                                     what=f"{t.registered} v{t.version}", once=("cache_events",))
             return await b.submit(x)
         return await self._call(t, "predict", x)
+
+    async def _predict_local(self, route: Route, lm: Any, x: Any) -> Any:
+        """The colocated champion: inline without batching (no thread hop for small models); with
+        batching, continuous batches in one worker thread while the event loop keeps taking requests."""
+        if not route.batch_rows or x.shape[0] > route.batch_rows:
+            return lm.predict(x), {"batch_rows": int(x.shape[0]), "batch_requests": 1}
+        key = ("local", lm.registered, lm.version, route.batch_rows, route.max_queued)
+        b = self._batchers.get(key)
+        if b is None:
+            pool = self._pool
+
+            async def send(arr: Any, lm: Any = lm) -> Any:
+                return await asyncio.get_running_loop().run_in_executor(pool, lm.predict, arr), {}
+
+            b = self._batchers[key] = RowBatcher(send, route.batch_rows, max_queued=route.max_queued, max_inflight=1,
+                                                 wait_s=route.batch_wait_s, what=f"{lm.registered} v{lm.version}")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await b.submit(x)
+        except TimeoutError:
+            raise TimeoutServingError(f"model {lm.registered} v{lm.version} did not answer within {self.timeout_s:g}s",
+                                      fix="Raise ingress.requestTimeoutS or add ingress replicas.") from None
 
     async def signature(self, t: Target) -> Signature:
         key = (t.deployment, t.model_id)
@@ -420,6 +440,8 @@ class Ingress:
         doc = {"name": name, "versions": list(route.versions) if version is None else [t.version], "platform": "pytorch",
                "inputs": [s.to_dict() for s in sig.inputs], "outputs": [s.to_dict() for s in sig.outputs],
                "parameters": {"class_names": list(sig.class_names), "registered_model": t.registered, "version": t.version}}
+        if self._local_model(route, t) is not None:
+            doc["parameters"]["colocated"] = True  # answered from this ingress replica
         if version is None and route.challenger is not None:
             doc["parameters"]["canary"] = {"version": route.challenger.version, "traffic_share": route.share}
         return doc
@@ -443,10 +465,6 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         return build_asgi_app(self)
-
-
-async def _wait(resp: Any) -> Any:
-    return await resp
 
 
 # -- HTTP ------------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 from ray import serve
 
 from aimass.exceptions import InvalidRequestError, NotFoundError, ServingError
+from aimass.serving.batching import RowBatcher
 from aimass.serving.protocol import Signature, signature_from_mlflow
 
 __all__ = ["ModelServer", "MultiModelServer", "LoadedModel", "load_registered"]
@@ -93,59 +96,66 @@ def load_registered(registered: str, version: str, tracking_uri: str | None = No
         tracking_uri, registry_uri = s.tracking_uri, registry_uri or s.registry_uri
     tracker = Tracker(tracking_uri, registry_uri, retry_for_s=30.0)
     root = Path(tempfile.mkdtemp(prefix="aimass-serve-")).resolve()
-    card_dir = tracker.download_model_dir(f"models:/{registered}/{version}", root).resolve()
-    if root not in card_dir.parents and card_dir != root:
-        raise ServingError("the model's files resolve outside their download directory", got=str(card_dir))
-    for p in card_dir.iterdir():  # a symlink could point a loader at any file on the node
-        if p.is_symlink():
-            raise ServingError("model artifacts must not contain symbolic links", got=p.name)
-    card = load_card(card_dir)
-    model = load_model(card_dir, device=device)
-    sig = signature_from_mlflow(_mlmodel(root, card_dir), card.class_names) or Signature.from_card(card)
-    if tuple(sig.inputs[0].shape[1:]) != tuple(card.input_shape):
-        raise ServingError("the MLflow signature does not match the model card", got={"signature": list(sig.inputs[0].shape),
-                                                                                      "card": card.input_shape})
+    try:  # the weights are in memory once loaded: the download never outlives the load
+        card_dir = tracker.download_model_dir(f"models:/{registered}/{version}", root).resolve()
+        if root not in card_dir.parents and card_dir != root:
+            raise ServingError("the model's files resolve outside their download directory", got=str(card_dir))
+        for p in card_dir.iterdir():  # a symlink could point a loader at any file on the node
+            if p.is_symlink():
+                raise ServingError("model artifacts must not contain symbolic links", got=p.name)
+        card = load_card(card_dir)
+        model = load_model(card_dir, device=device)
+        sig = signature_from_mlflow(_mlmodel(root, card_dir), card.class_names) or Signature.from_card(card)
+        if tuple(sig.inputs[0].shape[1:]) != tuple(card.input_shape):
+            raise ServingError("the MLflow signature does not match the model card", got={"signature": list(sig.inputs[0].shape),
+                                                                                          "card": card.input_shape})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     lm = LoadedModel(model, sig, registered, str(version), device)
     lm.warm_up()
     return lm
 
 
-def _rows(items: list) -> int:
-    return sum(int(x.shape[0]) for x in items)
-
-
 class _BatchingMixin:
-    """``@serve.batch`` over rows: concurrent requests become one model call (never mixing models)."""
+    """Continuous row batching of the calls a replica receives (:class:`RowBatcher`, one batch at a
+    time): an idle replica runs a call at once; while the model works, calls queue and run together
+    as the next batch, up to ``maxBatchSize`` rows. Batched model calls run in one worker thread, so
+    the event loop keeps taking requests meanwhile. Batches never mix models."""
 
     batching_enabled = True
     max_batch_size = 32
+    batch_wait_s = 0.0
+
+    def _init_batching(self, threads: int) -> None:
+        import torch
+
+        self._row_batchers: dict[Any, tuple[LoadedModel, RowBatcher]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aimass-model",
+                                        initializer=torch.set_num_threads, initargs=(threads,))
 
     def _apply_batching(self, cfg: dict[str, Any] | None) -> None:
         cfg = cfg or {}
         self.batching_enabled = bool(cfg.get("enabled", True))
         self.max_batch_size = int(cfg.get("maxBatchSize", 32))
-        self._batched.set_max_batch_size(self.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(float(cfg.get("batchWaitTimeoutS", 0.002)))
+        self.batch_wait_s = float(cfg.get("batchWaitTimeoutS", 0.0))
+        for _, b in self._row_batchers.values():
+            b.configure(self.max_batch_size, self.batch_wait_s)
 
-    async def _model_for_batch(self) -> "LoadedModel":
-        raise NotImplementedError
+    def _batcher(self, key: Any, lm: LoadedModel) -> RowBatcher:
+        entry = self._row_batchers.get(key)
+        if entry is None or entry[0] is not lm:  # a reloaded model gets a fresh batcher
+            pool = self._pool
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=_rows)
-    async def _batched(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, dict[str, Any]]]:
-        lm = await self._model_for_batch()
-        sizes = [int(x.shape[0]) for x in xs]
-        probs = lm.predict(xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0))
-        info = {"batch_rows": int(probs.shape[0]), "batch_requests": len(xs)}
-        out, start = [], 0
-        for n in sizes:
-            out.append((probs[start:start + n], info))
-            start += n
-        return out
+            async def send(x: np.ndarray, lm: LoadedModel = lm) -> tuple[np.ndarray, dict[str, Any]]:
+                return await asyncio.get_running_loop().run_in_executor(pool, lm.predict, x), {}
 
-    async def _run(self, lm_getter, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+            entry = self._row_batchers[key] = (lm, RowBatcher(send, self.max_batch_size, wait_s=self.batch_wait_s,
+                                                              what=f"{lm.registered} v{lm.version}"))
+        return entry[1]
+
+    async def _run(self, lm: LoadedModel, x: np.ndarray, key: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
         if self.batching_enabled and x.shape[0] <= self.max_batch_size:
-            return await self._batched(x)
-        lm = await lm_getter()
+            return await self._batcher(key, lm).submit(x)
         probs = lm.predict(x)
         return probs, {"batch_rows": int(x.shape[0]), "batch_requests": 1}
 
@@ -161,6 +171,7 @@ class ModelServer(_BatchingMixin):
 
         threads = max(1, int(spec.get("numCpus") or 1))
         torch.set_num_threads(threads)
+        self._init_batching(threads)
         self.spec = spec
         self.served = spec["model"]
         self.lm = load_registered(spec["registered"], str(spec["version"]), spec.get("trackingUri"), spec.get("registryUri"),
@@ -170,14 +181,8 @@ class ModelServer(_BatchingMixin):
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._apply_batching((user_config or {}).get("batching"))
 
-    async def _model_for_batch(self) -> LoadedModel:
-        return self.lm
-
-    async def _get(self) -> LoadedModel:
-        return self.lm
-
     async def predict(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        return await self._run(self._get, x)
+        return await self._run(self.lm, x)
 
     async def metadata(self) -> dict[str, Any]:
         return {"model": self.served, "registered": self.lm.registered, "version": self.lm.version,
@@ -223,7 +228,9 @@ class MultiModelServer(_BatchingMixin):
     def __init__(self, spec: dict[str, Any]) -> None:
         import torch
 
-        torch.set_num_threads(max(1, int(spec.get("numCpus") or 1)))
+        threads = max(1, int(spec.get("numCpus") or 1))
+        torch.set_num_threads(threads)
+        self._init_batching(threads)
         self.spec = spec
         self.allowed = {f"{name}:{m['version']}": (name, m) for name, m in spec["models"].items()}
         self._loaded: set[str] = set()
@@ -244,6 +251,7 @@ class MultiModelServer(_BatchingMixin):
         self._get_model = serve.multiplexed(max_num_models_per_replica=int(spec.get("cacheSize", 4)))(_load)
 
     def _evicted(self, model_id: str) -> None:
+        self._row_batchers.pop(model_id, None)  # its batcher holds the model: let it go with it
         with self._lock:
             self._loaded.discard(model_id)
             self._events.append(("evict", model_id))
@@ -257,16 +265,13 @@ class MultiModelServer(_BatchingMixin):
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._apply_batching((user_config or {}).get("batching"))
 
-    async def _model_for_batch(self) -> LoadedModel:
-        return (await self._get_model(serve.get_multiplexed_model_id())).lm
-
     async def _get(self) -> LoadedModel:
         return (await self._get_model(serve.get_multiplexed_model_id())).lm
 
     async def predict(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         mid = serve.get_multiplexed_model_id()
         hit = mid in self._loaded
-        probs, info = await self._run(self._get, x)
+        probs, info = await self._run(await self._get(), x, mid)
         info = dict(info, cache="hit" if hit else "miss", cache_events=self._drain_events())
         return probs, info
 
@@ -282,7 +287,7 @@ class MultiModelServer(_BatchingMixin):
 
         Its cache events stay queued, so the ingress counts the probe's loads with its next answer."""
         lm = await self._get()
-        probs, _ = await self._run(self._get, np.zeros((1, *lm.input_shape), dtype=np.float32))  # not predict: it drains the events
+        probs, _ = await self._run(lm, np.zeros((1, *lm.input_shape), dtype=np.float32), serve.get_multiplexed_model_id())  # not predict: it drains the events
         if not np.isfinite(probs).all():
             raise ServingError(f"{lm.registered} v{lm.version} returns non-finite probabilities")
         return {"model": self.allowed[serve.get_multiplexed_model_id()][0], "registered": lm.registered, "version": lm.version}

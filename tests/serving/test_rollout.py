@@ -229,6 +229,88 @@ def test_canary_that_misbehaves_is_rolled_back_and_recorded(serving_cluster, reg
 
 
 @pytest.mark.slow
+def test_a_canary_slower_than_its_p99_limit_is_rolled_back_and_recorded(serving_cluster, registry, token):
+    """A healthy but slow challenger: every answer is right, but its p99 over the window is over
+    ``maxP99LatencyMs`` (0.1 ms, below what any call through Serve costs), so it is rolled back."""
+    from aimass.serving.config import CanarySpec, ModelSpec
+    from aimass.serving.deploy import deploy, shutdown, status
+
+    registry.register("cp", [8], 3, alias="champion")
+    slow = registry.register("cp", [8], 3, alias="challenger", seed=7)
+    canary = CanarySpec(model_uri="models:/cp@challenger", traffic_share=0.5, max_error_rate=0.5, max_p99_latency_ms=0.1,
+                        min_requests=5, window_s=60)
+    cfg = base_cfg(serving_cluster, name="cp", route_prefix="/cp",
+                   models=[ModelSpec(name="cp", model_uri="models:/cp@champion", deployment=small(replicas=1), canary=canary)])
+    try:
+        assert deploy(cfg)["models"][0]["challenger"] == slow
+        with http_client(serving_cluster, token) as c:
+            versions = []
+            for _ in range(40):
+                r = c.post("/cp/v2/models/cp/infer", json=body(8))
+                assert r.status_code == 200, r.text  # slow is not failed: its answers are returned
+                versions.append(r.json()["model_version"])
+            assert slow in versions, "the challenger answered its share until the verdict"
+            wait_until(lambda: any(e["event"] == "canary_rolled_back" for e in status("cp")["apps"][0]["events"]), 60,
+                       "the rollback event")
+            ev = next(e for e in status("cp")["apps"][0]["events"] if e["event"] == "canary_rolled_back")
+            assert ev["version"] == slow and re.match(r"p99 latency [0-9.]+ ms > maxP99LatencyMs 0\.1 ", ev["reason"]), ev
+            tag = registry.tags("cp", slow)["aimass.rollback"]
+            assert '"p99_ms"' in tag and "maxP99LatencyMs" in tag
+            wait_until(lambda: status("cp")["apps"][0]["models"][0]["challenger"] is None, 60, "the challenger to be removed")
+            assert {c.post("/cp/v2/models/cp/infer", json=body(8)).json()["model_version"] for _ in range(20)} == {"1"}
+    finally:
+        shutdown("cp")
+
+
+def test_a_colocated_champion_answers_from_the_ingress_and_rolls_out_without_failed_requests(serving_cluster, registry, token):
+    """``colocate``: the ingress loads the champion itself (no hop to the model deployment) once the
+    deployment has passed its readiness check; a new version answers through its deployment until the
+    ingress has its own copy, with no failed request during the switch."""
+    import torch
+
+    from aimass.models.io import load_model
+    from aimass.serving.config import BatchingSpec, ModelSpec
+    from aimass.serving.deploy import deploy, shutdown
+
+    registry.register("co", [8], 3, alias="champion")
+    cfg = base_cfg(serving_cluster, name="co", route_prefix="/co",
+                   models=[ModelSpec(name="co", model_uri="models:/co@champion", deployment=small(replicas=1), colocate=True,
+                                     batching=BatchingSpec(max_batch_size=8))])
+
+    def colocated(c, version: str) -> bool:
+        meta = c.get("/co/v2/models/co").json()
+        return meta["versions"] == [version] and meta["parameters"].get("colocated", False)
+
+    try:
+        deploy(cfg)
+        with http_client(serving_cluster, token) as c:
+            wait_until(lambda: colocated(c, "1"), 60, "the ingress to load its copy of v1")
+            x = np.linspace(-1, 1, 3 * 8, dtype=np.float32).reshape(3, 8)
+            local = load_model(registry.tracker.download_model_dir("models:/co/1"))
+            want = local.predict_proba(torch.from_numpy(x)).numpy()
+            from concurrent.futures import ThreadPoolExecutor
+
+            req = {"inputs": [{"name": "input", "shape": [3, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
+            with ThreadPoolExecutor(8) as pool:  # concurrent requests: batched in the ingress, split back right
+                answers = list(pool.map(lambda _: c.post("/co/v2/models/co/infer", json=req), range(32)))
+            for r in answers:
+                assert r.status_code == 200, r.text
+                np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"]).reshape(3, 3), want, rtol=1e-5, atol=1e-6)
+            text = c.get("/co/metrics").text
+            assert metric(text, "aimass_serve_requests_total", model="co", version="1", code="200") >= 32
+            assert metric(text, "aimass_serve_batch_size_count", model="co", version="1") >= 32
+
+            good = registry.register("co", [8], 3, alias="champion", seed=3)
+            _, load = under_load(serving_cluster, token, "/co/v2/models/co/infer", 8, lambda: deploy(cfg))
+            first_new = load.versions.index(good)
+            assert set(load.versions[:first_new]) == {"1"} and set(load.versions[first_new:]) == {good}
+            wait_until(lambda: colocated(c, good), 60, f"the ingress to load its copy of v{good}")
+            assert deployments("co") == {"Ingress": "HEALTHY", f"co--{good}": "HEALTHY"}
+    finally:
+        shutdown("co")
+
+
+@pytest.mark.slow
 def test_killed_replica_under_load_is_replaced_without_failed_requests(serving_cluster, registry, token):
     import ray
 

@@ -84,6 +84,8 @@ def test_tracking_uri_with_a_password_is_refused():
     ({"models": [{"name": "../a", "modelUri": "models:/a/1"}]}, "String should match pattern"),
     ({"models": [{"name": "a", "modelUri": "models:/a/1"}], "name": "Not_A_Label"}, "String should match pattern"),
     ({"models": [{"name": "a", "modelUri": "models:/a/1"}], "maxRequestBytes": 10}, "greater than or equal to 1024"),
+    ({"models": [{"name": "a", "modelUri": "models:/a/1", "colocate": True, "deployment": {"numGpus": 1}}]},
+     "ingress replicas, which have no GPU, but deployment.numGpus is 1; set colocate: false"),
 ])
 def test_invalid_serving_configs_say_what_is_wrong(doc, message):
     with pytest.raises(ValidationError, match=message):
@@ -124,6 +126,10 @@ def test_deploy_step_config_builds_the_serving_entry():
         DeployConfig.model_validate({"modelUri": "../../weights.pt"})
     with pytest.raises(ValidationError, match="token value is never accepted"):
         DeployConfig.model_validate({"auth": {"token": "abcdefabcdefabcdef"}})
+    co = DeployConfig.model_validate({"colocate": True}).model_spec("models:/digits/7")
+    assert co["colocate"] is True and ServeConfig.model_validate({"models": [co]}).models[0].colocate
+    with pytest.raises(ValidationError, match="which have no GPU, but numGpus is 1"):
+        DeployConfig.model_validate({"colocate": True, "numGpus": 1})
 
 
 # -- protocol -----------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ class DeployConfig(StepConfig):
     canary: CanaryPolicy | None = Field(None, description="Serve the new version as a canary next to championUri instead of replacing it.")
     champion_uri: str | None = Field(None, description="The champion a canary runs against (default models:/<registered name>@champion).")
     watch_alias: bool = Field(False, description="Roll out automatically when the served alias moves in the registry.")
+    colocate: bool = Field(False, description="Also answer the champion from a copy in each ingress replica (no hop to the model "
+                           "deployment; CPU models only). See docs/serving.md#throughput.")
     auth: AuthSpec = Field(default_factory=AuthSpec, description="Bearer-token auth (token from a file or the environment, never here).")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Largest request body (413 beyond).")
     max_rows_per_request: int = Field(4096, ge=1, le=1_000_000, description="Most rows per request.")
@@ -78,6 +80,9 @@ class DeployConfig(StepConfig):
     def _one_of(self) -> "DeployConfig":
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError("set either replicas (fixed) or autoscaling, not both")
+        if self.colocate and self.num_gpus > 0:
+            raise ValueError(f"colocate: true runs the champion inside the ingress replicas, which have no GPU, but numGpus is "
+                             f"{self.num_gpus:g}; set colocate: false for GPU models")
         return self
 
     def model_spec(self, model_uri: str) -> dict[str, Any]:
@@ -91,6 +96,7 @@ class DeployConfig(StepConfig):
             "deployment": dep.dump(),
             "batching": self.batching.dump(),
             "watchAlias": self.watch_alias,
+            "colocate": self.colocate,
             "maxRowsPerRequest": self.max_rows_per_request,
         }
         if self.canary is not None:
