@@ -300,7 +300,7 @@ class Ingress:
         batching, continuous batches in one worker thread while the event loop keeps taking requests."""
         if not route.batch_rows or x.shape[0] > route.batch_rows:
             return lm.predict(x), {"batch_rows": int(x.shape[0]), "batch_requests": 1}
-        key = ("local", lm.registered, lm.version, route.batch_rows, route.max_queued)
+        key = ("local", lm.registered, lm.version, route.batch_rows, route.max_queued, route.batch_wait_s)
         b = self._batchers.get(key)
         if b is None:
             pool = self._pool
