@@ -207,6 +207,13 @@ class CanarySpec(CanaryPolicy):
         return _check_uri(v)
 
 
+def check_colocate(colocate: bool, num_gpus: float, field: str) -> None:
+    """``colocate`` runs the champion in the ingress replicas, which never get a GPU."""
+    if colocate and num_gpus > 0:
+        raise ValueError(f"colocate: true runs the champion inside the ingress replicas, which have no GPU, but {field} is "
+                         f"{num_gpus:g}; set colocate: false for GPU models")
+
+
 class ModelSpec(StrictModel):
     """One model served by its own deployment(s): batching, autoscaling, canary."""
 
@@ -229,10 +236,7 @@ class ModelSpec(StrictModel):
 
     @model_validator(mode="after")
     def _colocate_cpu_only(self) -> "ModelSpec":
-        if self.colocate and self.deployment.num_gpus > 0:
-            raise ValueError(f"colocate: true runs the champion inside the ingress replicas, which have no GPU, but "
-                             f"deployment.numGpus is {self.deployment.num_gpus:g}; "
-                             "set colocate: false for GPU models")
+        check_colocate(self.colocate, self.deployment.num_gpus, "deployment.numGpus")
         return self
 
     @property

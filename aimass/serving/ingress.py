@@ -17,7 +17,6 @@ import random
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +139,7 @@ class Ingress:
         self._local_failed: dict[tuple[str, str], str] = {}
         self._local_loading: set[tuple[str, str]] = set()
         self._local_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Any = None  # the colocated models' worker thread, made on first use
 
     # -- configuration -----------------------------------------------------------------------------
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -209,10 +208,11 @@ class Ingress:
         if todo and self._pool is None:
             import torch
 
+            from aimass.serving.model import model_thread
+
             threads = max(1, int(cfg.ingress.num_cpus or 1))
-            torch.set_num_threads(threads)
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aimass-local-model",
-                                            initializer=torch.set_num_threads, initargs=(threads,))
+            torch.set_num_threads(threads)  # the inline (unbatched) calls run on the event loop's thread
+            self._pool = model_thread(threads)
         for key in todo:
             threading.Thread(target=self._load_local, args=(key, cfg.tracking_uri, cfg.registry_uri), daemon=True,
                              name=f"aimass-load-{key[0]}-{key[1]}").start()
@@ -303,13 +303,10 @@ class Ingress:
         key = ("local", lm.registered, lm.version, route.batch_rows, route.max_queued, route.batch_wait_s)
         b = self._batchers.get(key)
         if b is None:
-            pool = self._pool
+            from aimass.serving.model import predict_batcher
 
-            async def send(arr: Any, lm: Any = lm) -> Any:
-                return await asyncio.get_running_loop().run_in_executor(pool, lm.predict, arr), {}
-
-            b = self._batchers[key] = RowBatcher(send, route.batch_rows, max_queued=route.max_queued, max_inflight=1,
-                                                 wait_s=route.batch_wait_s, what=f"{lm.registered} v{lm.version}")
+            b = self._batchers[key] = predict_batcher(lm, self._pool, route.batch_rows, wait_s=route.batch_wait_s,
+                                                      max_queued=route.max_queued)
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await b.submit(x)

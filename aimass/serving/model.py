@@ -116,6 +116,24 @@ def load_registered(registered: str, version: str, tracking_uri: str | None = No
     return lm
 
 
+def model_thread(threads: int) -> ThreadPoolExecutor:
+    """The one worker thread batched model calls run in (with torch's intra-op threads set there too)."""
+    import torch
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="aimass-model", initializer=torch.set_num_threads,
+                              initargs=(threads,))
+
+
+def predict_batcher(lm: LoadedModel, pool: ThreadPoolExecutor, max_rows: int, *, wait_s: float = 0.0,
+                    max_queued: int = 1 << 20) -> RowBatcher:
+    """Continuous batches of ``lm.predict``, one at a time in ``pool``, while the event loop keeps taking requests."""
+
+    async def send(x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        return await asyncio.get_running_loop().run_in_executor(pool, lm.predict, x), {}
+
+    return RowBatcher(send, max_rows, max_queued=max_queued, wait_s=wait_s, what=f"{lm.registered} v{lm.version}")
+
+
 class _BatchingMixin:
     """Continuous row batching of the calls a replica receives (:class:`RowBatcher`, one batch at a
     time): an idle replica runs a call at once; while the model works, calls queue and run together
@@ -127,11 +145,8 @@ class _BatchingMixin:
     batch_wait_s = 0.0
 
     def _init_batching(self, threads: int) -> None:
-        import torch
-
         self._row_batchers: dict[Any, tuple[LoadedModel, RowBatcher]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aimass-model",
-                                        initializer=torch.set_num_threads, initargs=(threads,))
+        self._pool = model_thread(threads)
 
     def _apply_batching(self, cfg: dict[str, Any] | None) -> None:
         cfg = cfg or {}
@@ -144,13 +159,7 @@ class _BatchingMixin:
     def _batcher(self, key: Any, lm: LoadedModel) -> RowBatcher:
         entry = self._row_batchers.get(key)
         if entry is None or entry[0] is not lm:  # a reloaded model gets a fresh batcher
-            pool = self._pool
-
-            async def send(x: np.ndarray, lm: LoadedModel = lm) -> tuple[np.ndarray, dict[str, Any]]:
-                return await asyncio.get_running_loop().run_in_executor(pool, lm.predict, x), {}
-
-            entry = self._row_batchers[key] = (lm, RowBatcher(send, self.max_batch_size, wait_s=self.batch_wait_s,
-                                                              what=f"{lm.registered} v{lm.version}"))
+            entry = self._row_batchers[key] = (lm, predict_batcher(lm, self._pool, self.max_batch_size, wait_s=self.batch_wait_s))
         return entry[1]
 
     async def _run(self, lm: LoadedModel, x: np.ndarray, key: Any = None) -> tuple[np.ndarray, dict[str, Any]]:

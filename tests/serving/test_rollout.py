@@ -5,6 +5,7 @@ automatically, and a replica killed under steady load."""
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -288,8 +289,6 @@ def test_a_colocated_champion_answers_from_the_ingress_and_rolls_out_without_fai
             x = np.linspace(-1, 1, 3 * 8, dtype=np.float32).reshape(3, 8)
             local = load_model(registry.tracker.download_model_dir("models:/co/1"))
             want = local.predict_proba(torch.from_numpy(x)).numpy()
-            from concurrent.futures import ThreadPoolExecutor
-
             req = {"inputs": [{"name": "input", "shape": [3, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
             with ThreadPoolExecutor(8) as pool:  # concurrent requests: batched in the ingress, split back right
                 answers = list(pool.map(lambda _: c.post("/co/v2/models/co/infer", json=req), range(32)))

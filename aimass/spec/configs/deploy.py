@@ -27,6 +27,7 @@ from aimass.serving.config import (
     BatchingSpec,
     CanaryPolicy,
     DeploymentSpec,
+    check_colocate,
     parse_model_uri,
 )
 from aimass.spec.base import DNS_LABEL
@@ -80,9 +81,7 @@ class DeployConfig(StepConfig):
     def _one_of(self) -> "DeployConfig":
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError("set either replicas (fixed) or autoscaling, not both")
-        if self.colocate and self.num_gpus > 0:
-            raise ValueError(f"colocate: true runs the champion inside the ingress replicas, which have no GPU, but numGpus is "
-                             f"{self.num_gpus:g}; set colocate: false for GPU models")
+        check_colocate(self.colocate, self.num_gpus, "numGpus")
         return self
 
     def model_spec(self, model_uri: str) -> dict[str, Any]:
