@@ -15,7 +15,6 @@ import json
 import logging
 import random
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from aimass.exceptions import AimassError, AuthError, InvalidRequestError, NotFo
 from aimass.serving.auth import TokenAuth
 from aimass.serving.batching import OverloadedError, RowBatcher
 from aimass.serving.canary import CanaryMonitor
+from aimass.serving.colocate import LocalCopies
 from aimass.serving.config import ServeConfig
 from aimass.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from aimass.serving.protocol import (
@@ -133,12 +133,8 @@ class Ingress:
         self._monitors: dict[tuple[str, str], CanaryMonitor] = {}
         self._bg: set[asyncio.Task] = set()
         self._batchers: dict[tuple[Any, ...], RowBatcher] = {}
-        # colocated champions: (registered, version) -> model loaded in this replica
-        self._local: dict[tuple[str, str], Any] = {}
-        self._local_wanted: set[tuple[str, str]] = set()
-        self._local_failed: dict[tuple[str, str], str] = {}
-        self._local_loading: set[tuple[str, str]] = set()
-        self._local_lock = threading.Lock()
+        # colocated champions: (registered, version) -> model loaded in this replica, retried when a load fails
+        self._copies = LocalCopies(self._load_local, name=lambda k: f"{k[0]} v{k[1]}")
         self._pool: Any = None  # the colocated models' worker thread, made on first use
 
     # -- configuration -----------------------------------------------------------------------------
@@ -193,19 +189,10 @@ class Ingress:
         """Load the champions of ``colocate`` routes in the background; drop copies no route needs.
 
         Until a copy is loaded (and passed its warm-up), the route keeps calling the model deployment,
-        which has already passed its readiness check, so a rollout never waits on the ingress."""
+        which has already passed its readiness check, so a rollout never waits on the ingress. A copy
+        that fails to load is retried with backoff (:class:`~aimass.serving.colocate.LocalCopies`)."""
         wanted = {(r.champion.registered, r.champion.version) for r in routes.values() if r.colocate}
-        with self._local_lock:
-            self._local_wanted = wanted
-            for key in list(self._local):
-                if key not in wanted:
-                    del self._local[key]
-            for key in list(self._batchers):  # a retired copy's batcher holds it too
-                if key[0] == "local" and key[1:3] not in wanted:
-                    self._batchers.pop(key, None)
-            todo = [k for k in wanted if k not in self._local and k not in self._local_failed and k not in self._local_loading]
-            self._local_loading.update(todo)
-        if todo and self._pool is None:
+        if wanted and self._pool is None:
             import torch
 
             from aimass.serving.model import model_thread
@@ -213,31 +200,21 @@ class Ingress:
             threads = max(1, int(cfg.ingress.num_cpus or 1))
             torch.set_num_threads(threads)  # the inline (unbatched) calls run on the event loop's thread
             self._pool = model_thread(threads)
-        for key in todo:
-            threading.Thread(target=self._load_local, args=(key, cfg.tracking_uri, cfg.registry_uri), daemon=True,
-                             name=f"aimass-load-{key[0]}-{key[1]}").start()
+        self._copies.want(wanted)
+        for key in list(self._batchers):  # a retired copy's batcher holds it too
+            if key[0] == "local" and key[1:3] not in wanted:
+                self._batchers.pop(key, None)
 
-    def _load_local(self, key: tuple[str, str], tracking_uri: str | None, registry_uri: str | None) -> None:
+    def _load_local(self, key: tuple[str, str]) -> Any:
         from aimass.serving.model import load_registered
 
-        try:
-            lm = load_registered(key[0], key[1], tracking_uri, registry_uri, "cpu")
-        except Exception as e:  # noqa: BLE001 - the route keeps using the model deployment
-            log.exception("could not load %s v%s in the ingress; its model deployment keeps answering", *key)
-            with self._local_lock:
-                self._local_loading.discard(key)
-                self._local_failed[key] = f"{type(e).__name__}: {e}"
-            return
-        with self._local_lock:
-            self._local_loading.discard(key)
-            if key in self._local_wanted:  # not retired while it loaded
-                self._local[key] = lm
-                log.info("%s v%s is now answered from the ingress (colocated)", *key)
+        cfg = self.cfg
+        return load_registered(key[0], key[1], cfg.tracking_uri if cfg else None, cfg.registry_uri if cfg else None, "cpu")
 
     def _local_model(self, route: Route, t: Target) -> Any:
         if not route.colocate or t is not route.champion:
             return None
-        return self._local.get((t.registered, t.version))
+        return self._copies.get((t.registered, t.version))
 
     def check_health(self) -> None:
         if self.cfg is None or self.auth is None:
@@ -437,8 +414,11 @@ class Ingress:
         doc = {"name": name, "versions": list(route.versions) if version is None else [t.version], "platform": "pytorch",
                "inputs": [s.to_dict() for s in sig.inputs], "outputs": [s.to_dict() for s in sig.outputs],
                "parameters": {"class_names": list(sig.class_names), "registered_model": t.registered, "version": t.version}}
-        if self._local_model(route, t) is not None:
-            doc["parameters"]["colocated"] = True  # answered from this ingress replica
+        if route.colocate and t is route.champion:
+            st = self._copies.status((t.registered, t.version))
+            doc["parameters"]["colocated"] = st["state"] == "loaded"  # answered from this ingress replica
+            if st["state"] == "failed":  # answered by the model deployment meanwhile
+                doc["parameters"]["colocate_error"] = {k: st[k] for k in ("error", "attempts", "retry_in_s")}
         if version is None and route.challenger is not None:
             doc["parameters"]["canary"] = {"version": route.challenger.version, "traffic_share": route.share}
         return doc
