@@ -290,6 +290,27 @@ class Cluster:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def _settle(app: str, timeout_s: float = 30.0, quiet_s: float = 2.0) -> None:
+    """Until the application's replica processes have exited, then a short pause: a teardown that
+    overlaps the next variant's cells would be measured as that variant's latency."""
+    marker = f"ServeReplica:{app}:"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = False
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    alive = marker in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if alive:
+                    break
+        if not alive:
+            break
+        time.sleep(0.2)
+    time.sleep(quiet_s)
+
+
 def _kill_marked(markers: list[str]) -> None:
     me = os.getpid()
     for p in os.listdir("/proc"):
@@ -450,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                         all_results[m][label] = run_cells(url, path, token, raws[m], secs)
                     print(f"[{m}] {label} done", flush=True)
                     shutdown(name)
+                    _settle(name)
             floor = serve_floor(cl.port, secs)
     finally:
         shutil.rmtree(home, ignore_errors=True)
