@@ -72,6 +72,53 @@ def free_port(preferred: int | None = None) -> int:
         return s.getsockname()[1]
 
 
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def distinct_free_ports(n: int, taken: set[int]) -> list[int]:
+    """`n` free ports, different from each other and from `taken` (two bind(0) calls can return the same one)."""
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port()
+        if p not in taken and p not in out:
+            out.append(p)
+    return out
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_range(width: int, taken: set[int]) -> int:
+    """The first port of `width` consecutive free ports that hold none of `taken`.
+
+    Ray refuses to start when its worker-port range holds a port given to another component
+    (seen in CI: node_manager 44893 inside workers 44845-45045). The other components' ports come
+    from bind(0), i.e. from the ephemeral range, so the range is looked for below it first.
+    """
+    import random
+
+    rng = random.Random()
+    hi = _ephemeral_low()
+    lo = max(10000, hi - 12000) if hi - width > 10000 else 10000
+    hi = hi if hi - width > lo else 65000
+    for _ in range(500):
+        start = rng.randrange(lo, hi - width)
+        ports = range(start, start + width)
+        if not taken.intersection(ports) and all(_is_free(q) for q in ports):
+            return start
+    raise RuntimeError(f"no {width} consecutive free ports between {lo} and {hi} apart from {sorted(taken)}")
+
+
 @dataclass
 class LocalRay:
     """A Ray head with token auth that this test session started (and alone stops)."""
@@ -103,14 +150,16 @@ def start_local_ray(gcs_port: int = 6392, dashboard_port: int = 8266, num_cpus: 
                 "PATH": venv_bin + os.pathsep + env.get("PATH", ""), "PYTHONUNBUFFERED": "1"})
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(gcs_port), free_port(dashboard_port)
-    worker_lo = free_port()
+    client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager = distinct_free_ports(7, {gcs, dash})
+    worker_lo = free_port_range(201, {gcs, dash, client, agent_http, agent_grpc, metrics, runtime_env,
+                                      node_manager, object_manager})
     cmd = [str(Path(venv_bin) / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--num-cpus={num_cpus}",
            "--disable-usage-stats", f"--temp-dir={tmp / 't'}",
-           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-           f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-           f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
-           f"--object-manager-port={free_port()}", f"--min-worker-port={worker_lo}", f"--max-worker-port={worker_lo + 200}"]
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
+           f"--object-manager-port={object_manager}", f"--min-worker-port={worker_lo}", f"--max-worker-port={worker_lo + 200}"]
     log = open(tmp / "ray-start.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
