@@ -57,7 +57,14 @@ def load_model(directory: str | Path, device: str = "cpu"):
 
         state = load_file(str(st), device=device)
     elif pt.is_file():
-        state = torch.load(pt, map_location=device, weights_only=True)
+        import pickle
+
+        try:
+            state = torch.load(pt, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise InvalidRequestError(f"{pt.name} holds more than tensors, so it was not loaded", got=str(e).splitlines()[0][:300],
+                                      fix="Save a state dict of tensors (aimass.models.io.save_model), or safetensors; "
+                                          "pickled objects are never loaded because they can run code.") from None
     else:
         raise InvalidRequestError("model directory has no weights file", got=str(d),
                                   fix=f"Expected {WEIGHT_FILES['safetensors']} or {WEIGHT_FILES['state_dict']}.")
