@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import socket
 import threading
 from contextlib import contextmanager
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port  # noqa: F401  (re-exported)
 
 
 @contextmanager

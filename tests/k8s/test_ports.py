@@ -1,7 +1,7 @@
 """The local Ray head's ports: every component gets its own, and the worker range holds none of them."""
 import socket
 
-from tests.k8s._support import distinct_free_ports, free_port_range
+from tests.ports import distinct_free_ports, free_port_range
 
 
 def test_distinct_ports_avoid_each_other_and_the_taken_ones():

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_port  # noqa: F401  (re-exported)
+
 GCS_PORT = int(os.environ.get("AIMASS_TEST_RAY_PORT", "6391"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _proc_table() -> dict[int, tuple[int, str]]:
