@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.s3util import free_port
+from tests.ports import free_port
 
 PG = os.environ.get("AIMASS_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 

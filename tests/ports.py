@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from pathlib import Path
 
@@ -54,14 +55,11 @@ def free_port_range(width: int, taken: set[int]) -> int:
     (seen in CI: node_manager 44893 inside workers 44845-45045). The other components' ports come
     from bind(0), i.e. from the ephemeral range, so the range is looked for below it first.
     """
-    import random
-
-    rng = random.Random()
-    hi = _ephemeral_low()
-    lo = max(10000, hi - 12000) if hi - width > 10000 else 10000
-    hi = hi if hi - width > lo else 65000
+    eph = _ephemeral_low()
+    lo = max(10000, eph - 12000)
+    hi = eph if eph - width > lo else 65000  # no room below the ephemeral range: look anywhere
     for _ in range(500):
-        start = rng.randrange(lo, hi - width)
+        start = random.randrange(lo, hi - width)
         ports = range(start, start + width)
         if not taken.intersection(ports) and all(_is_free(q) for q in ports):
             return start

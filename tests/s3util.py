@@ -7,7 +7,7 @@ import http.server
 import threading
 from contextlib import contextmanager
 
-from tests.ports import free_port  # noqa: F401  (re-exported)
+from tests.ports import free_port
 
 
 @contextmanager

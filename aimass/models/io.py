@@ -7,6 +7,7 @@ anything. This is the one format used by checkpoints, the registry and serving.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -57,8 +58,6 @@ def load_model(directory: str | Path, device: str = "cpu"):
 
         state = load_file(str(st), device=device)
     elif pt.is_file():
-        import pickle
-
         try:
             state = torch.load(pt, map_location=device, weights_only=True)
         except pickle.UnpicklingError as e:

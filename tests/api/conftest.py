@@ -12,7 +12,7 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.k8s._support import free_port
+from tests.ports import free_port
 
 IMAGE = "ghcr.io/acme/aimass:0.1.0"
 NAMESPACE = "runs"

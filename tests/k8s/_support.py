@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.ports import distinct_free_ports, free_port, free_port_range  # noqa: F401  (re-exported)
+from tests.ports import distinct_free_ports, free_port, free_port_range
 
 TINY_PIPELINE = """\
 apiVersion: aimass.io/v1alpha1
@@ -91,9 +91,9 @@ def start_local_ray(gcs_port: int = 6392, dashboard_port: int = 8266, num_cpus: 
                 "PATH": venv_bin + os.pathsep + env.get("PATH", ""), "PYTHONUNBUFFERED": "1"})
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(gcs_port), free_port(dashboard_port)
-    client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager = distinct_free_ports(7, {gcs, dash})
-    worker_lo = free_port_range(201, {gcs, dash, client, agent_http, agent_grpc, metrics, runtime_env,
-                                      node_manager, object_manager})
+    singles = distinct_free_ports(7, {gcs, dash})
+    client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager = singles
+    worker_lo = free_port_range(201, {gcs, dash, *singles})
     cmd = [str(Path(venv_bin) / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--num-cpus={num_cpus}",
            "--disable-usage-stats", f"--temp-dir={tmp / 't'}",

@@ -251,7 +251,7 @@ def test_unreachable_api_server_is_retryable():
     from kubernetes import client as k8s_client
 
     from aimass.orchestrator.executors.kubernetes import KubernetesExecutor
-    from tests.k8s._support import free_port
+    from tests.ports import free_port
 
     cfg = k8s_client.Configuration(host=f"http://127.0.0.1:{free_port()}")
     cfg.retries = 0

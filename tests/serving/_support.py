@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.ports import free_port  # noqa: F401  (re-exported)
-
 GCS_PORT = int(os.environ.get("AIMASS_TEST_RAY_PORT", "6391"))
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving._support import GCS_PORT, Cluster, Registry, free_port, kill_cluster
+from tests.ports import free_port
+from tests.serving._support import GCS_PORT, Cluster, Registry, kill_cluster
 
 
 @pytest.fixture(scope="package")

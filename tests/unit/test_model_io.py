@@ -9,6 +9,7 @@ from aimass.exceptions import InvalidRequestError
 from aimass.models.io import WEIGHT_FILES, load_model, save_model
 from aimass.models.registry import ModelCard, build_model
 
+
 def _mark(path: str) -> None:
     Path(path).write_text("code ran")
 
