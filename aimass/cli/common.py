@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from aimass.exceptions import AimassError
 
@@ -36,7 +37,7 @@ def fail(exc: AimassError, output: Output = Output.text, code: int = 1) -> None:
     if output == Output.json:
         emit_json(exc.to_dict())
     else:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -44,7 +45,7 @@ def run_app(app: typer.Typer) -> int:
     try:
         rv = app(standalone_mode=False)
     except AimassError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except typer.Exit as e:
         return e.exit_code

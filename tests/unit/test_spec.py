@@ -68,8 +68,8 @@ def test_unknown_field_names_line_and_suggests():
 """))
     assert len(errs) == 1
     assert errs[0].startswith("p.yaml:10:")
-    assert "unknown field `steps[data].config.normalise`" in errs[0]
-    assert "did you mean 'normalize'" in errs[0]
+    assert "unknown field `spec.steps[0].config.normalise` in step 'data'" in errs[0]
+    assert "Did you mean 'normalize'?" in errs[0]
 
 
 def test_wrong_type_and_range_report_value_and_line():
