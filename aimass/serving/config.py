@@ -88,7 +88,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     if m is None or ".." in uri:
         raise ValueError(
             f"model reference must be models:/NAME/VERSION or models:/NAME@ALIAS, got {uri!r}. "
-            "Register the model first (a register step or `aimass models register`) and serve it by name."
+            "Register the model first (a register step in a pipeline, see `aimass models versions NAME`) and serve it by name."
         )
     return m.group("name"), m.group("version"), m.group("alias")
 

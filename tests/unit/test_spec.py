@@ -229,3 +229,14 @@ def test_spec_reference_doc_is_current(repo_root):
     from aimass.spec.reference import render
 
     assert (repo_root / "docs" / "spec.md").read_text() == render() + "\n", "run: python -m aimass.spec.reference > docs/spec.md"
+
+
+def test_step_type_description_names_only_types_that_exist():
+    import re
+
+    from aimass.spec import StepSpec
+    from aimass.spec.configs import step_types
+
+    text = StepSpec.model_fields["type"].description
+    named = re.search(r"\(([a-z, ]+)\)", text).group(1).split(", ")
+    assert named and set(named) <= set(step_types()), (named, step_types())
