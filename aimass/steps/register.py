@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 
 from aimass.steps.base import Step, StepContext
 
-__all__ = ["RegisterStep", "gate_decision"]
+__all__ = ["RegisterStep", "gate_decision", "version_description"]
 
 
 def gate_decision(gate, metrics: dict[str, float], champion_metrics: dict[str, float] | None) -> tuple[bool, list[str]]:
@@ -77,6 +78,11 @@ class RegisterStep(Step):
         passed, reasons = gate_decision(config.gate, metrics, champion_metrics)
         if passed:
             tracker.set_alias(config.model_name, config.champion_alias, version)
+        lineage = _lineage(ctx)
+        tracker.set_model_version_description(config.model_name, version, version_description(
+            user_text=config.description, metrics=metrics, passed=passed, reasons=reasons, champion_alias=config.champion_alias,
+            card=card, model_uri=model_uri, pipeline=ctx.pipeline, run_id=ctx.run_id, experiment_id=ctx.experiment_id,
+            register_run_id=ctx.mlflow_run_id, **lineage))
         tracker.set_model_version_tag(config.model_name, version, "aimass.gate", "passed" if passed else "failed")
         tracker.set_model_version_tag(config.model_name, version, "aimass.gate_reasons", "; ".join(reasons)[:5000])
         ctx.set_tags({"aimass.model_name": config.model_name, "aimass.model_version": version,
@@ -87,3 +93,76 @@ class RegisterStep(Step):
             "model_version": {"name": config.model_name, "version": version, "champion": passed, "gate": reasons,
                               "logged_model_uri": model_uri},
         }
+
+
+def _lineage(ctx: StepContext) -> dict[str, Any]:
+    """The pipeline run and the upstream step runs of this register step, read back from MLflow.
+
+    Upstream means the steps this one depends on, directly or not, per the pipeline spec the parent
+    run logged (``pipeline.yaml``); each comes with its MLflow run, its tags and its metrics.
+    """
+    from aimass.spec import parse_pipeline
+    from aimass.spec.dag import topological_order, upstream_closure
+    from aimass.tracking.client import TAG_STEP
+
+    tracker = ctx.tracker
+    parent = tracker.get_run(ctx.mlflow_run_id).tags.get("mlflow.parentRunId")
+    if not parent:
+        return {"parent_run_id": None, "upstream": []}
+    siblings = {r.tags.get(TAG_STEP): r for r in tracker.child_runs(parent, ctx.experiment_id) if r.run_id != ctx.mlflow_run_id}
+    order = list(siblings)
+    text = tracker.read_text(parent, "pipeline.yaml")
+    if text:
+        try:
+            spec = parse_pipeline(text, source="pipeline.yaml")
+        except Exception:  # noqa: BLE001 - a description must not fail a registration
+            spec = None
+        if spec is not None:
+            edges = {st.name: st.depends_on for st in spec.steps}
+            wanted = upstream_closure(edges, ctx.step_name) if ctx.step_name in edges else set(edges)
+            order = [n for n in topological_order(edges) if n in wanted]
+    upstream = [siblings[n] for n in order if n in siblings]
+    return {"parent_run_id": parent, "upstream": upstream}
+
+
+def version_description(*, user_text: str | None, metrics: dict[str, float], passed: bool, reasons: list[str],
+                        champion_alias: str, card: Any, model_uri: str, pipeline: str, run_id: str, experiment_id: str,
+                        register_run_id: str, parent_run_id: str | None, upstream: list[Any]) -> str:
+    """The markdown description of a registered version: its metrics, the gate's decision, its data, its lineage.
+
+    ``upstream`` holds the MLflow runs (:class:`~aimass.tracking.client.RunInfo`) of the steps it came
+    from, in pipeline order; a data step's run gives the source and the split sizes.
+    """
+    from aimass.tracking.client import run_link
+
+    out: list[str] = []
+    if user_text:
+        out += [user_text.strip(), ""]
+    out += ["### Gate", f"**{'passed' if passed else 'failed'}**: "
+            + (f"this version is `{champion_alias}`." if passed else f"not promoted to `{champion_alias}`.")]
+    out += [f"- {r}" for r in reasons]
+    out += ["", "### Metrics"]
+    shown = {k: v for k, v in sorted(metrics.items()) if isinstance(v, (int, float))}
+    if shown:
+        out += ["| metric | value |", "|---|---|", *(f"| {k} | {v:.6g} |" for k, v in shown.items())]
+    else:
+        out.append("none measured (no evaluate step upstream)")
+    out += ["", "### Data"]
+    data_runs = [r for r in upstream if r.tags.get("aimass.step_type") == "data"]
+    for r in data_runs:
+        source = r.params.get("config.source") or r.params.get("source") or "?"
+        rows = ", ".join(f"{k.removeprefix('rows_')} {int(v)}" for k, v in sorted(r.metrics.items()) if k.startswith("rows_"))
+        out.append(f"- step `{r.tags.get('aimass.step')}`: `{source}`" + (f" (rows: {rows})" if rows else ""))
+    classes = list(getattr(card, "class_names", []) or [])
+    out.append(f"- input shape {list(card.input_shape)}, {card.num_classes} classes"
+               + (f": {', '.join(map(str, classes[:20]))}{' ...' if len(classes) > 20 else ''}" if classes else ""))
+    out += ["", "### Lineage", f"- pipeline `{pipeline}`, AI Mass run `{run_id}`"
+            + (f" ([MLflow run]({run_link(experiment_id, parent_run_id)}))" if parent_run_id else "")]
+    for r in upstream:
+        cached = r.tags.get("aimass.cached") == "true"
+        src = r.tags.get("aimass.cache_source_run")
+        out.append(f"- step `{r.tags.get('aimass.step')}` ({r.tags.get('aimass.step_type', '?')}): "
+                   f"[run]({run_link(experiment_id, r.run_id)})" + (f", served from the cache of run `{src}`" if cached and src else ""))
+    out.append(f"- model `{card.name}` {json.dumps(card.args, sort_keys=True)}, logged as `{model_uri}` by "
+               f"[the register step]({run_link(experiment_id, register_run_id)})")
+    return "\n".join(out)
