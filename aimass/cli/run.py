@@ -74,7 +74,7 @@ def run(
         if observer:
             observer.stop()
         err_console.print("interrupted: continue with `aimass run --resume <run id>` (see `aimass runs list`)")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if output == Output.json:
         d = state.to_dict()
         d.pop("spec", None)

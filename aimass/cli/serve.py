@@ -95,9 +95,8 @@ def serve_cmd(
         from aimass.orchestrator.ray_runtime import ensure_ray
 
         ensure_ray(settings.ray_address)
-        from aimass.serving.deploy import deploy
-
         from aimass.serving.controller import load_state
+        from aimass.serving.deploy import deploy
 
         if base is not None:
             doc = base.dump()

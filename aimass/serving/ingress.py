@@ -242,7 +242,7 @@ class Ingress:
             except BackPressureError:
                 raise OverloadedError(f"model {t.registered} v{t.version} is at capacity (its request queue is full)",
                                       fix="Retry after a short pause, or raise replicas / maxQueuedRequests.") from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TimeoutServingError(f"model {t.registered} v{t.version} did not answer within {self.timeout_s:g}s",
                                           fix="Raise ingress.requestTimeoutS or add replicas.") from None
             except DeploymentUnavailableError:

@@ -291,7 +291,7 @@ def validate_inputs(req: InferenceRequest, sig: Signature, *, max_rows: int, all
                                       fix="The first dimension is the batch; -1 means any size.")
         if any(d < 0 for d in shape):
             raise InvalidRequestError(f"input {inp.name!r}: shape {shape} has a negative dimension", location=f"{loc}.shape")
-        for k, (got, exp) in enumerate(zip(shape, spec.shape)):
+        for k, (got, exp) in enumerate(zip(shape, spec.shape, strict=True)):
             if exp >= 0 and got != exp:
                 raise InvalidRequestError(f"input {inp.name!r}: dimension {k} is {got}, the model expects {exp} "
                                           f"(shape {list(spec.shape)})", location=f"{loc}.shape")

@@ -70,9 +70,8 @@ def fit(*, train_config: dict[str, Any], dataset: dict[str, Any], card: dict[str
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from aimass.training.loop import train_loop_per_worker
-
     from aimass.storage import ray_storage
+    from aimass.training.loop import train_loop_per_worker
 
     path, fs = ray_storage(storage_path, s3_endpoint_url)
     callbacks = [MlflowEpochLogger(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else []
@@ -103,11 +102,11 @@ def fit(*, train_config: dict[str, Any], dataset: dict[str, Any], card: dict[str
     if out.exists():
         shutil.rmtree(out)
     result.checkpoint.to_directory(str(out))
-    from aimass.training.loop import TRAIN_STATE
-
     import json
 
     import torch
+
+    from aimass.training.loop import TRAIN_STATE
 
     state = torch.load(out / TRAIN_STATE, map_location="cpu", weights_only=True)
     meta = json.loads(state["meta"])

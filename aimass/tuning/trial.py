@@ -52,7 +52,15 @@ def _local_trial(fixed: dict[str, Any], train: dict[str, Any]) -> None:
     from aimass.data import open_dataset
     from aimass.models import ModelCard, build_model
     from aimass.models.io import save_model
-    from aimass.training.loop import TRAIN_STATE, _load_checkpoint, evaluate_arrays, make_optimizer, make_scheduler, run_epoch, epoch_batches
+    from aimass.training.loop import (
+        TRAIN_STATE,
+        _load_checkpoint,
+        epoch_batches,
+        evaluate_arrays,
+        make_optimizer,
+        make_scheduler,
+        run_epoch,
+    )
 
     seed = int(fixed["seed"])
     torch.manual_seed(seed)

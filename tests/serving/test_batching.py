@@ -61,7 +61,7 @@ def test_requests_that_arrive_while_the_model_works_run_together_next_split_back
     # 2 + 3 rows fit in 8; the 4-row request would make 9, so it goes in the batch after
     assert calls == [1, 5, 4]
     np.testing.assert_array_equal(first[0], rows(1, 100) * 2)
-    for (out, _), (i, n) in zip(queued, enumerate((2, 3, 4))):
+    for (out, _), (i, n) in zip(queued, enumerate((2, 3, 4)), strict=False):
         np.testing.assert_array_equal(out, rows(n, 10 * i) * 2)
     (_, a), (_, b2), _ = queued
     assert a["batch_rows"] == 5 and a["batch_requests"] == 2 and "cache_events" in a

@@ -165,7 +165,7 @@ def test_bad_requests_are_refused_with_a_message(http, what, payload, status, me
 @pytest.mark.parametrize("token_literal", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_inf_are_refused(http, token_literal):
     data = ", ".join(["0.5"] * (N_IN - 1) + [token_literal])
-    raw = '{"inputs": [{"name": "input", "shape": [1, %d], "datatype": "FP32", "data": [%s]}]}' % (N_IN, data)
+    raw = '{"inputs": [{"name": "input", "shape": [1, %d], "datatype": "FP32", "data": [%s]}]}' % (N_IN, data)  # noqa: UP031 - JSON braces
     r = http.post("/v2/models/digits/infer", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 400
     assert "contains NaN or Inf (first at flat index 7)" in r.json()["error"]

@@ -393,8 +393,6 @@ def test_every_challenger_failure_counts_and_trips_the_canary(monkeypatch, error
 def test_requests_pinned_to_the_challenger_count_too(monkeypatch):
     import asyncio
 
-    from aimass.serving import ingress as ing
-
     obj, monitor, calls, reported = _canary_ingress(monkeypatch, RuntimeError("boom"))
 
     async def go():

@@ -169,13 +169,11 @@ def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, mon
     import sys
 
     import boto3
-
-    from tests.s3util import moto_s3
-
     import ray
 
     from aimass.data import open_dataset
     from aimass.orchestrator.ray_runtime import ensure_ray
+    from tests.s3util import moto_s3
 
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(k, v)
