@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aimass.exceptions import AimassError, NotFoundError, SpecError, StepError, check_run_id
+from aimass.exceptions import AimassError, NotFoundError, SpecError, StepError
 from aimass.orchestrator import cache
 from aimass.orchestrator.state import (
     FAILED,
@@ -26,6 +26,7 @@ from aimass.orchestrator.state import (
     SUCCEEDED,
     RunState,
     StepState,
+    check_run_id,
     load_state,
     new_run_id,
     save_state,
