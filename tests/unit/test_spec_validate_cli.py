@@ -194,3 +194,21 @@ def test_unreadable_file_is_a_spec_error(tmp_path: Path):
         assert code == 2 and "cannot read the pipeline file" in out
     finally:
         f.chmod(0o600)
+
+
+_values = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(
+    ["data", "train", "tune", "evaluate", "cnn", "mlp", "nosuch", "builtin:digits", "a", "b", ""]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+        ["source", "model", "train", "imageShape", "split", "searchSpace"]), inner, max_size=3), max_leaves=8)
+_steps = st.lists(st.dictionaries(st.sampled_from(["name", "type", "dependsOn", "inputs", "config", "retries", "resources"]),
+                                  _values, max_size=6), max_size=4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_steps)
+def test_any_structure_of_steps_gives_spec_errors_only(steps):
+    doc = {"apiVersion": "aimass.io/v1alpha1", "kind": "Pipeline", "metadata": {"name": "t"}, "spec": {"steps": steps}}
+    try:
+        parse_pipeline(doc, source="fuzz.yaml")
+    except SpecError:
+        pass
