@@ -4,46 +4,36 @@ load loop on loopback, and a process killer that ends exactly one cluster's proc
 from __future__ import annotations
 
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GCS_PORT = int(os.environ.get("AIMASS_TEST_RAY_PORT", "6391"))
+from tests.procs import kill_owned
 
 
-def _proc_table() -> dict[int, tuple[int, str]]:
-    out = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        out[int(p)] = (ppid, cmd)
-    return out
+
+def gcs_port() -> int:
+    """The serving cluster's GCS port: $AIMASS_TEST_RAY_PORT when set, else a free one (never a fixed port)."""
+    from tests.ports import free_port
+
+    return int(os.environ.get("AIMASS_TEST_RAY_PORT") or free_port())
 
 
-def kill_cluster(markers: list[str]) -> None:
-    """SIGKILL every process whose command line names one of ``markers``, and their descendants."""
-    procs = _proc_table()
-    me = os.getpid()
-    todo = {pid for pid, (_, cmd) in procs.items() if pid != me and any(m in cmd for m in markers)}
-    grown = True
-    while grown:
-        grown = False
-        for pid, (ppid, _) in procs.items():
-            if ppid in todo and pid not in todo and pid != me:
-                todo.add(pid)
-                grown = True
-    for pid in todo:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+def cluster_markers(home: Path) -> list[str]:
+    """What names the serving cluster's own processes: its private home and Ray temp dir (never its port)."""
+    from aimass.orchestrator.ray_runtime import ray_temp_dir
+
+    return [str(home), ray_temp_dir(home)]
+
+
+def kill_cluster(markers: list[str]) -> list[int]:
+    """SIGKILL the processes whose command line names one of ``markers`` (private dirs), and their descendants.
+
+    Only private paths identify a cluster's processes: a port is not one (if the cluster failed to
+    start because someone else holds the port, the holder's processes name that port too).
+    """
+    return kill_owned(markers)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from aimass.steps.train import apply_best_config
 from aimass.steps.tune import TuneStep
 from aimass.storage import get_store
 from aimass.tracking import Tracker
+from tests.procs import cluster_workers
 
 pytestmark = pytest.mark.ray
 
@@ -87,22 +88,18 @@ def test_grid_and_best_config_flows_to_train(env):
     assert {"tuning_results.csv", "plots/tuning_results.png"} <= arts
 
 
-def test_killed_trial_is_retried_and_the_search_finishes(env):
-    import psutil
-
+def test_killed_trial_is_retried_and_the_search_finishes(env, cluster_markers):
     killed: list[int] = []
 
     def killer():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             ck = list((env["root"] / "artifacts" / "runs" / "kill" / "steps" / "tune" / "tune").rglob("checkpoint_*"))
-            if ck:
-                for p in psutil.process_iter(["pid", "cmdline"]):
-                    cmd = p.info["cmdline"] or []
-                    if cmd and cmd[0].startswith("ray::ImplicitFunc"):
-                        os.kill(p.info["pid"], signal.SIGKILL)
-                        killed.append(p.info["pid"])
-                        return
+            # only a trial of this session's cluster (never another cluster's on the machine)
+            if ck and (pids := cluster_workers(cluster_markers, "ray::ImplicitFunc")):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
             time.sleep(0.1)
 
     threading.Thread(target=killer, daemon=True).start()
