@@ -102,7 +102,10 @@ class LoadLoop:
     """Steady, bounded inference load on loopback from a background thread.
 
     Records each request's outcome without retry (``raw``) and after one client retry (``final``), plus
-    the version that answered. Stops on :meth:`stop` or after ``max_s`` seconds.
+    the version that answered. Stops on :meth:`stop` or after ``max_s`` seconds. Nothing is hidden:
+    every exception (HTTP, JSON, a missing key, anything else) is recorded as a failed request in
+    ``errors``, an exception that ends the thread is kept in ``crash`` and re-raised by :meth:`wait_for`
+    and :meth:`stop`, and :meth:`wait_for` raises when the answers do not come in time.
     """
 
     def __init__(self, cluster: Cluster, token: str, path: str, payload: dict, pause_s: float = 0.01, max_s: float = 180.0) -> None:
@@ -114,6 +117,7 @@ class LoadLoop:
         self.final: list[int] = []
         self.versions: list[str] = []
         self.errors: list[str] = []
+        self.crash: BaseException | None = None
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -122,7 +126,10 @@ class LoadLoop:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        self._stop.set()
+        self._t.join(timeout=60)
+        if exc[0] is None:  # do not mask the body's own failure
+            self._raise_crash()
 
     def _one(self, c) -> tuple[int, str | None]:
         import httpx
@@ -135,30 +142,58 @@ class LoadLoop:
         if r.status_code != 200:
             self.errors.append(f"{r.status_code}: {r.text[:300]}")
             return r.status_code, None
-        return 200, r.json()["model_version"]
+        try:
+            return 200, str(r.json()["model_version"])
+        except Exception as e:  # noqa: BLE001 - a 200 without a readable answer is a failed request
+            self.errors.append(f"200 with a bad body ({type(e).__name__}: {e}): {r.text[:300]}")
+            return -1, None
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_s
-        with http_client(self.cluster, self.token, timeout=30.0) as c:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                code, v = self._one(c)
-                self.raw.append(code)
-                if code != 200:  # one client retry, as the SDK client does
-                    time.sleep(0.05)
+        try:
+            with http_client(self.cluster, self.token, timeout=30.0) as c:
+                while not self._stop.is_set() and time.monotonic() < deadline:
                     code, v = self._one(c)
-                self.final.append(code)
-                if v is not None:
-                    self.versions.append(v)
-                time.sleep(self.pause_s)
+                    self.raw.append(code)
+                    if code != 200:  # one client retry, as the SDK client does
+                        time.sleep(0.05)
+                        code, v = self._one(c)
+                    self.final.append(code)
+                    if v is not None:
+                        self.versions.append(v)
+                    time.sleep(self.pause_s)
+        except BaseException as e:  # noqa: BLE001 - kept and re-raised in the test's thread
+            self.errors.append(f"the load loop crashed: {type(e).__name__}: {e}")
+            self.crash = e
+
+    def _raise_crash(self) -> None:
+        if self.crash is not None:
+            raise AssertionError(f"the load loop crashed after {len(self.final)} requests") from self.crash
 
     def wait_for(self, n: int, timeout_s: float = 60.0) -> None:
+        """Until ``n`` requests have been answered (after their retry); raises when that takes longer than ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while len(self.final) < n and time.monotonic() < deadline:
+        while len(self.final) < n:
+            self._raise_crash()
+            if not self._t.is_alive():
+                raise AssertionError(f"the load loop stopped after {len(self.final)} of {n} requests (max_s={self.max_s})")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"only {len(self.final)} of {n} requests answered in {timeout_s}s; "
+                                     f"last errors: {self.errors[-3:]}")
             time.sleep(0.05)
+        self._raise_crash()
+
+    def mark(self) -> int:
+        """How many requests have been answered so far (for :meth:`answered_since`)."""
+        return len(self.final)
+
+    def answered_since(self, mark: int) -> int:
+        return len(self.final) - mark
 
     def stop(self) -> None:
         self._stop.set()
         self._t.join(timeout=60)
+        self._raise_crash()
 
     @property
     def availability(self) -> float:

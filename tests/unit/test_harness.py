@@ -115,3 +115,78 @@ def test_session_ports_come_from_the_environment_or_are_free():
                                                                "AIMASS_SERVE_PORT": "7003"}, cwd=root, capture_output=True, text=True,
                            timeout=60)
     assert given.stdout.split() == ["7001", "7002", "7003"], given.stderr
+
+
+class _Server:
+    """A loopback HTTP server whose answer each test sets: (status, body)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.answer: tuple[int, bytes] = (200, b'{"model_version": "1"}')
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                code, body = outer.answer
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = _Server()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def _loop(server, payload=None, **kw):
+    from tests.serving._support import Cluster, LoadLoop
+
+    return LoadLoop(Cluster(Path("/nonexistent"), "", server.port, ""), "t", "/infer", payload or {"x": 1}, pause_s=0.001, **kw)
+
+
+def test_load_loop_counts_a_200_without_an_answer_as_a_failure_and_keeps_going(server):
+    server.answer = (200, b'{"no_version": true}')
+    with _loop(server) as load:
+        load.wait_for(10, timeout_s=30)
+    assert load.failed_after_retry == len(load.final) >= 10 and load.availability == 0
+    assert "KeyError" in load.errors[0]
+    server.answer = (200, b"not json")
+    with _loop(server) as load:
+        load.wait_for(5, timeout_s=30)
+    assert load.failed_after_retry >= 5 and "bad body" in load.errors[0]
+
+
+def test_load_loop_wait_for_raises_on_timeout_and_when_the_loop_dies(server):
+    with _loop(server) as load:
+        with pytest.raises(AssertionError, match="requests answered in"):
+            load.wait_for(10**9, timeout_s=0.5)
+    # a payload the client cannot send ends the thread: the test hears of it, it does not pass on what came before
+    with pytest.raises(AssertionError, match="crashed"):
+        with _loop(server, payload={"x": object()}) as load:
+            load.wait_for(5, timeout_s=30)
+    with pytest.raises(AssertionError, match="stopped after"):
+        with _loop(server, max_s=0.2) as load:
+            load.wait_for(10**9, timeout_s=30)
+
+
+def test_load_loop_counts_answers_since_a_mark(server):
+    with _loop(server) as load:
+        load.wait_for(5, timeout_s=30)
+        mark = load.mark()
+        load.wait_for(mark + 7, timeout_s=30)
+        assert load.answered_since(mark) >= 7
+    assert load.failed_after_retry == 0 and set(load.versions) == {"1"}
