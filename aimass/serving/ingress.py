@@ -766,6 +766,11 @@ def build_asgi_app(ing: Ingress):
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for ops in schema.get("paths", {}).values():  # request validation errors are 400 (V2), never FastAPI's 422
+            for op in ops.values():
+                op.get("responses", {}).pop("422", None)
+        for k in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(k, None)
         req = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
         for k, v in req.pop("$defs", {}).items():
