@@ -145,6 +145,7 @@ class Ingress:
         self.routes: dict[str, Route] = {}
         self.max_request_bytes = 8 * 1024 * 1024
         self.timeout_s = 30.0
+        self.queue_wait_s = 1.0
         self.overload_status = 503
         self._handles: dict[tuple[str, str | None], Any] = {}
         self._signatures: dict[tuple[str, str | None], Signature] = {}
@@ -200,6 +201,9 @@ class Ingress:
         self._colocate(cfg, routes)
         self.max_request_bytes = cfg.max_request_bytes
         self.timeout_s = cfg.ingress.request_timeout_s
+        self.queue_wait_s = cfg.ingress.max_queue_wait_s
+        for b in self._batchers.values():
+            b.max_wait_s = self.queue_wait_s
         self.overload_status = cfg.ingress.overload_status
         log.info("ingress %s routes: %s", self.app_name,
                  {n: (r.champion.version, r.challenger.version if r.challenger else None, r.share) for n, r in routes.items()})
@@ -287,7 +291,8 @@ class Ingress:
                 # up to 4 calls overlap the network; the model replica merges them again
                 b = self._batchers[key] = RowBatcher(lambda arr, t=t: self._call(t, "predict", arr), route.batch_rows,
                                                      max_queued=route.max_queued, max_inflight=4,
-                                                     what=f"{t.registered} v{t.version}", once=("cache_events",))
+                                                     what=f"{t.registered} v{t.version}", once=("cache_events",),
+                                                     max_wait_s=self.queue_wait_s)
             return await b.submit(x)
         return await self._call(t, "predict", x)
 
@@ -303,6 +308,7 @@ class Ingress:
 
             b = self._batchers[key] = predict_batcher(lm, self._pool, route.batch_rows, wait_s=route.batch_wait_s,
                                                       max_queued=route.max_queued)
+            b.max_wait_s = self.queue_wait_s
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await b.submit(x)

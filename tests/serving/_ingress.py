@@ -38,8 +38,7 @@ def make_ingress(tmp: Path, *, model: Any = None, signature: dict | None = None,
     obj.max_request_bytes, obj.timeout_s, obj.overload_status = 1 << 20, 5.0, 503
     obj._handles, obj._signatures, obj._tripped, obj._monitors, obj._bg, obj._batchers = {}, {}, {}, {}, set(), {}
     obj._copies, obj._pool = LocalCopies(lambda k: None), None
-    if queue_wait_s is not None:
-        obj.queue_wait_s = queue_wait_s
+    obj.queue_wait_s = 1.0 if queue_wait_s is None else queue_wait_s
     champion = ing.Target("1", "digits--1", "digits")
     obj.routes = {"digits": ing.Route("digits", champion, versions=["1"], max_rows=64, batch_rows=batch_rows, max_queued=max_queued)}
     sig = Signature.from_dict(signature or {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, N_IN]}],
@@ -94,3 +93,36 @@ class Server:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+async def _slow_model(x: np.ndarray) -> np.ndarray:
+    await asyncio.sleep(0.1)
+    return softmax_model(x)
+
+
+def serve_slow_model(port: int, home: str, queue_wait_s: float) -> None:
+    """Serve an ingress whose model answers 4 rows per 100 ms behind a 1,000-request queue, until killed
+    (run in its own process by the load test, so the server does not share the client's interpreter)."""
+    import uvicorn
+
+    from aimass.serving.ingress import build_asgi_app
+
+    ing = make_ingress(Path(home), model=_slow_model, max_queued=1000, batch_rows=4, queue_wait_s=queue_wait_s)
+    uvicorn.run(build_asgi_app(ing), host="127.0.0.1", port=port, log_level="error", lifespan="off", backlog=4096)
+
+
+async def raw_post(port: int, path: str, payload: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int, float, bytes]:
+    """One HTTP/1.1 POST on a fresh loopback connection with asyncio streams (cheap enough to open
+    hundreds at once from one client process): (status, seconds, body)."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(payload)}\r\n{head}"
+                     f"Connection: close\r\n\r\n".encode() + payload)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout_s)
+    finally:
+        writer.close()
+    status = int(data.split(b" ", 2)[1])
+    return status, time.perf_counter() - t0, data

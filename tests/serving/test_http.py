@@ -258,3 +258,57 @@ def test_tritons_client_in_binary_mode(server, bytes_server):
     tin = httpclient.InferInput("text", [2], "BYTES")
     tin.set_data_from_numpy(np.array(["json text", "é"], dtype=object), binary_data=False)
     assert t.infer("digits", [tin], headers=dict(AUTH)).as_numpy("length").ravel().tolist() == [9.0, 2.0]
+
+
+# -- item 5: many connections at once get an answer in bounded time: 200, or a fast 503 with Retry-After --------------
+CONNECTIONS = 1000
+
+
+def test_many_concurrent_connections_are_each_answered_within_a_bounded_time(tmp_path):
+    """A slow model (4 rows per 100 ms batch: ~40 answers/s) behind a large queue (1,000), the server in
+    its own process: without the admission time limit the last of 1,000 requests waits ~25 s. With it
+    (0.5 s), every answer comes within a few seconds: 200, or 503 with Retry-After, and the server
+    keeps serving afterwards."""
+    import asyncio
+    import subprocess
+    import sys
+    import time
+
+    from tests.ports import free_port
+    from tests.serving._ingress import raw_post
+
+    port = free_port()
+    code = f"from tests.serving._ingress import serve_slow_model; serve_slow_model({port}, {str(tmp_path)!r}, 0.5)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/live", headers=AUTH, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+            time.sleep(0.1)
+        payload = json.dumps(body(np.ones((1, N_IN)))).encode()
+        hdrs = {**AUTH, "Content-Type": "application/json"}
+
+        async def load():
+            return await asyncio.gather(*(raw_post(port, PATH, payload, hdrs, 30) for _ in range(CONNECTIONS)),
+                                        return_exceptions=True)
+
+        results = asyncio.run(load())
+        after = httpx.post(f"http://127.0.0.1:{port}{PATH}", json=body(np.ones((1, N_IN))), headers=AUTH)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, errors[:3]
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 4 and codes.count(503) > 0
+    assert all(b"retry-after: 1" in raw.lower() and b"waited 0.5s in its queue" in raw for c, _, raw in results if c == 503)
+    worst = max(t for _, t, _ in results)
+    print(f"{CONNECTIONS} connections: {codes.count(200)} x 200, {codes.count(503)} x 503, slowest {worst:.2f}s")
+    assert worst < 5.0, f"slowest answer {worst:.2f}s"
+    assert after.status_code == 200
