@@ -156,6 +156,8 @@ class Ingress:
         # colocated champions: (registered, version) -> model loaded in this replica, retried when a load fails
         self._copies = LocalCopies(self._load_local, name=lambda k: f"{k[0]} v{k[1]}")
         self._pool: Any = None  # the colocated models' worker thread, made on first use
+        self._endpoints: list[str] = []
+        self._endpoints_at = float("-inf")
 
     # -- configuration -----------------------------------------------------------------------------
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -484,6 +486,29 @@ class Ingress:
         except Exception:  # noqa: BLE001 - not ready, whatever the reason
             return False
 
+    async def endpoints(self) -> list[str]:
+        """The direct URLs of this application's ingress replicas (what clients fall back on), asked of
+        the Serve controller at most every 5 s, off the event loop; [] when it cannot tell."""
+        if time.monotonic() - self._endpoints_at > 5.0:
+            self._endpoints_at = time.monotonic()
+            try:
+                self._endpoints = await asyncio.wait_for(asyncio.to_thread(self._direct_urls), 5.0)
+            except Exception as e:  # noqa: BLE001 - the stable URL still works; clients just have no fallback
+                log.debug("cannot list the direct URLs: %s", e)
+        return self._endpoints
+
+    def _direct_urls(self) -> list[str]:
+        from ray.serve.context import _get_global_client
+
+        from aimass.serving.deploy import direct_urls
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return []
+        http = client.get_serve_details().get("http_options") or {}
+        return direct_urls(self.app_name, {"host": http.get("host", "127.0.0.1"), "port": int(http.get("port", 8000))},
+                           self.cfg.route_prefix if self.cfg else "/")
+
     async def server_ready(self) -> bool:
         if not self.routes:
             return False
@@ -704,7 +729,7 @@ def build_asgi_app(ing: Ingress):
 
     @app.get("/v2", tags=["metadata"], summary="Server metadata", response_model=ServerMetadataResponse)
     async def server_metadata():
-        return {"name": "aimass", "version": version, "extensions": ["binary_tensor_data"]}
+        return {"name": "aimass", "version": version, "extensions": ["binary_tensor_data"], "endpoints": await ing.endpoints()}
 
     @app.get("/v2/models/{name}", tags=["metadata"], summary="Model metadata (from the MLflow signature)",
              response_model=ModelMetadataResponse, responses={**not_served, 504: infer_err[504]})

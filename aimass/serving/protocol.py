@@ -55,6 +55,7 @@ __all__ = [
     "datatype_of",
     "decode_request",
     "dtype_of",
+    "encode_bytes_elements",
     "encode_outputs",
     "error_body",
     "parse_request",
@@ -180,6 +181,8 @@ class ServerMetadataResponse(_Msg):
     name: str
     version: str
     extensions: list[str] = Field(default_factory=list)
+    endpoints: list[str] = Field(default_factory=list, description="AI Mass extension: the direct URLs of this application's "
+                                 "ingress replicas, which clients fall back on when the stable URL does not answer.")
 
 
 class ErrorResponse(_Msg):
@@ -534,7 +537,8 @@ def _decode_binary(inp: RequestInput, src: np.dtype, n: int, loc: str, raw: byte
     return arr.astype(src, copy=False)
 
 
-def _bytes_blob(a: np.ndarray) -> bytes:
+def encode_bytes_elements(a: np.ndarray) -> bytes:
+    """BYTES elements in the binary extension's layout: each a 4-byte little-endian length, then its bytes."""
     parts = []
     for v in a.ravel():
         b = v if isinstance(v, bytes) else str(v).encode()
@@ -561,7 +565,7 @@ def encode_outputs(arrays: dict[str, np.ndarray], wanted: list[RequestOutput] | 
         dt = datatype_of(a.dtype)
         t: dict[str, Any] = {"name": name, "datatype": dt, "shape": list(a.shape)}
         if binary:
-            blob = _bytes_blob(a) if dt == "BYTES" else a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+            blob = encode_bytes_elements(a) if dt == "BYTES" else a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
             t["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif dt == "BYTES":

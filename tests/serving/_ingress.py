@@ -38,6 +38,8 @@ def make_ingress(tmp: Path, *, model: Any = None, signature: dict | None = None,
     obj.max_request_bytes, obj.timeout_s, obj.overload_status = 1 << 20, 5.0, 503
     obj._handles, obj._signatures, obj._tripped, obj._monitors, obj._bg, obj._batchers = {}, {}, {}, {}, set(), {}
     obj._copies, obj._pool = LocalCopies(lambda k: None), None
+    obj._endpoints, obj._endpoints_at = [], float("-inf")
+    obj._direct_urls = list  # no Serve controller here; a test sets the URLs it wants listed
     obj.queue_wait_s = 1.0 if queue_wait_s is None else queue_wait_s
     champion = ing.Target("1", "digits--1", "digits")
     obj.routes = {"digits": ing.Route("digits", champion, versions=["1"], max_rows=64, batch_rows=batch_rows, max_queued=max_queued)}
