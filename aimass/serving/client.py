@@ -90,12 +90,13 @@ class Client:
         fallback_urls: further base URLs of the same application (e.g. the ``direct_urls`` of
             ``aimass serving status``), tried in turn after a failure.
         discover: also ask the server for its ingress replicas' direct URLs (``GET /v2``) and use them
-            as fallbacks.
+            as fallbacks; asked again after every URL failed once, and every ``discover_every_s``.
+        discover_every_s: how often a long-lived client refreshes the direct URLs (replicas move).
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, token_file: str | os.PathLike | None = None,
                  timeout_s: float = 30.0, retries: int = 8, retry_budget_s: float = 30.0,
-                 fallback_urls: list[str] | None = None, discover: bool = True) -> None:
+                 fallback_urls: list[str] | None = None, discover: bool = True, discover_every_s: float = 30.0) -> None:
         import httpx
 
         self.url = url.rstrip("/")
@@ -103,6 +104,7 @@ class Client:
         self.retry_budget_s = retry_budget_s
         self.fallback_urls = [u.rstrip("/") for u in fallback_urls or () if u.rstrip("/") != self.url]
         self.discover = discover
+        self.discover_every_s = discover_every_s
         self._discovered: list[str] = []
         self._discovered_at = float("-inf")
         self._next = 0  # index of the URL the next attempt uses (0: url)
@@ -130,11 +132,11 @@ class Client:
                 seen.append(u)
         return seen
 
-    def _discover(self, force: bool = False) -> None:
+    def _discover(self) -> None:
         """Learn the ingress replicas' direct URLs (AI Mass's ``endpoints`` in ``GET /v2``), at most every 5 s."""
         import httpx
 
-        if not self.discover or (not force and self._discovered_at > float("-inf")) or time.monotonic() - self._discovered_at < 5.0:
+        if not self.discover or time.monotonic() - self._discovered_at < min(5.0, self.discover_every_s):
             return
         self._discovered_at = time.monotonic()
         for base in self.urls:
@@ -161,7 +163,7 @@ class Client:
     def _request(self, method: str, path: str, *, retry: bool = True, **kw: Any):
         import httpx
 
-        if retry and self._discovered_at == float("-inf"):
+        if retry and time.monotonic() - self._discovered_at > self.discover_every_s:
             self._discover()
         deadline = time.monotonic() + self.retry_budget_s
         last: Exception | None = None
@@ -182,7 +184,7 @@ class Client:
                 break
             self._next += 1  # the next attempt goes to the next URL
             if self._next % len(urls) == 0:
-                self._discover(force=True)  # every URL failed once: replicas may have moved
+                self._discover()  # every URL failed once: replicas may have moved
             pause = min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random())
             if r is not None and r.headers.get("retry-after", "").isdigit():
                 pause = max(pause, min(5.0, float(r.headers["retry-after"])))

@@ -1,0 +1,137 @@
+"""Faults under steady load on real Ray Serve: a model replica, the ingress replica and Serve's proxy are
+each SIGKILLed while 8 ``aimass.Client`` threads send requests. The client (retry with backoff, then the
+ingress replicas' direct URLs) must see 0 failed requests; a plain loop without retry records what a
+naive caller sees. Processes are found through this test cluster's own ``ray.util.state``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.serving._support import LoadLoop, wait_until
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+APP, N_IN = "fa", 8
+
+
+class ClientLoad:
+    """``width`` threads, each with its own ``aimass.Client``, calling infer in a bounded loop."""
+
+    def __init__(self, url: str, token: str, width: int = 8, max_s: float = 300.0) -> None:
+        self.url, self.token, self.width, self.max_s = url, token, width, max_s
+        self.ok = 0
+        self.failed: list[str] = []
+        self.slowest_s = 0.0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(width)]
+
+    def _run(self) -> None:
+        from aimass.serving.client import Client
+
+        x = np.linspace(-1, 1, N_IN, dtype=np.float32)[None, :]
+        deadline = time.monotonic() + self.max_s
+        with Client(self.url, token=self.token, retry_budget_s=60, retries=40, discover_every_s=2.0) as c:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                t = time.perf_counter()
+                try:
+                    c.infer("digits", x)
+                except Exception as e:  # noqa: BLE001 - counted: the goal is none
+                    with self._lock:
+                        self.failed.append(f"{type(e).__name__}: {e}"[:300])
+                else:
+                    with self._lock:
+                        self.ok += 1
+                        self.slowest_s = max(self.slowest_s, time.perf_counter() - t)
+                time.sleep(0.005)
+
+    def __enter__(self) -> ClientLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=90)
+
+    def wait_for(self, n: int, timeout_s: float = 90.0) -> None:
+        wait_until(lambda: self.ok >= n, timeout_s, f"{n} answers (failed: {self.failed[:3]})")
+
+
+ADDRESS: list[str] = []  # this test cluster's GCS address (never another cluster on the host)
+
+
+def _alive_actors(prefix: str) -> list[tuple[str, int]]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ADDRESS[0], filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+    return sorted((a.name, a.pid) for a in actors if (a.name or "").startswith(prefix) and a.pid)
+
+
+def _kill(prefix: str) -> int:
+    actors = _alive_actors(prefix)
+    assert actors, f"no live actor named {prefix}*"
+    _, pid = actors[0]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _healthy() -> bool:
+    from ray import serve
+
+    st = serve.status()
+    app = st.applications.get(APP)
+    if app is None or str(app.status).rsplit(".", 1)[-1] != "RUNNING":
+        return False
+    return all(str(d.status).rsplit(".", 1)[-1] == "HEALTHY" for d in app.deployments.values())
+
+
+def test_killing_a_model_replica_the_ingress_replica_and_the_proxy_fails_no_client_request(serving_cluster, registry, token):
+    from aimass.serving.config import DeploymentSpec, IngressSpec, ModelSpec, ServeConfig
+    from aimass.serving.deploy import deploy, shutdown
+
+    ADDRESS[:] = [serving_cluster.address]
+    registry.register("digits", [N_IN], 3, alias="champion")
+    small = {"num_cpus": 0.1, "health_check_period_s": 1.0, "health_check_timeout_s": 5.0, "graceful_shutdown_timeout_s": 2.0}
+    cfg = ServeConfig(name=APP, route_prefix=f"/{APP}", ingress=IngressSpec(num_cpus=0.1),
+                      models=[ModelSpec(name="digits", model_uri="models:/digits@champion", deployment=DeploymentSpec(replicas=2, **small))],
+                      auth={"tokenFile": str(serving_cluster.home / "serve-token")}, rollout_timeout_s=120)
+    # fault -> (actor name prefix, how many run when healthy)
+    faults = {"model replica": (f"SERVE_REPLICA::{APP}#digits--", 2), "ingress replica": (f"SERVE_REPLICA::{APP}#Ingress#", 1),
+              "proxy": ("SERVE_PROXY_ACTOR", 1)}
+    figures: dict[str, dict] = {}
+    payload = {"inputs": [{"name": "input", "shape": [1, N_IN], "datatype": "FP32", "data": [0.5] * N_IN}]}
+    try:
+        st = deploy(cfg)
+        assert st["status"] == "RUNNING"
+        url = f"{serving_cluster.url}/{APP}"
+        with ClientLoad(url, token) as load, LoadLoop(serving_cluster, token, f"/{APP}/v2/models/digits/infer", payload,
+                                                      pause_s=0.01, max_s=300) as naive:
+            load.wait_for(50)
+            for fault, (prefix, count) in faults.items():
+                ok0, failed0, raw0 = load.ok, len(load.failed), len(naive.raw)
+                naive_bad0 = sum(1 for c in naive.raw if c != 200)
+                killed = _kill(prefix)
+                time.sleep(1.0)
+
+                def replaced(p=prefix, n=count, k=killed) -> bool:
+                    pids = [pid for _, pid in _alive_actors(p)]
+                    return len(pids) >= n and k not in pids and _healthy()
+
+                wait_until(replaced, 120, f"the {fault} to be replaced")
+                load.wait_for(load.ok + 100)
+                figures[fault] = {"client_failed": len(load.failed) - failed0, "client_answers": load.ok - ok0,
+                                  "naive_failed": sum(1 for c in naive.raw if c != 200) - naive_bad0,
+                                  "naive_requests": len(naive.raw) - raw0}
+            slowest = load.slowest_s
+        print(f"\nfault figures (concurrency 8 aimass.Client; naive: 1 loop, no retry): {figures}; slowest client answer {slowest:.2f}s")
+        assert all(f["client_failed"] == 0 for f in figures.values()), (figures, load.failed[:5])
+    finally:
+        shutdown(APP)
