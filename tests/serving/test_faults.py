@@ -28,6 +28,7 @@ class ClientLoad:
         self.ok = 0
         self.failed: list[str] = []
         self.slowest_s = 0.0
+        self.most_urls = 0  # the proxy's URL plus the direct URLs a client learned
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(width)]
@@ -48,6 +49,7 @@ class ClientLoad:
                 else:
                     with self._lock:
                         self.ok += 1
+                        self.most_urls = max(self.most_urls, len(c.urls))
                         self.slowest_s = max(self.slowest_s, time.perf_counter() - t)
                 time.sleep(0.005)
 
@@ -98,10 +100,10 @@ def test_killing_a_model_replica_the_ingress_replica_and_the_proxy_fails_no_clie
     from aimass.serving.deploy import deploy, shutdown
 
     ADDRESS[:] = [serving_cluster.address]
-    registry.register("digits", [N_IN], 3, alias="champion")
+    registry.register("fadigits", [N_IN], 3, alias="champion")  # its own registered name: other modules register "digits"
     small = {"num_cpus": 0.1, "health_check_period_s": 1.0, "health_check_timeout_s": 5.0, "graceful_shutdown_timeout_s": 2.0}
     cfg = ServeConfig(name=APP, route_prefix=f"/{APP}", ingress=IngressSpec(num_cpus=0.1),
-                      models=[ModelSpec(name="digits", model_uri="models:/digits@champion", deployment=DeploymentSpec(replicas=2, **small))],
+                      models=[ModelSpec(name="digits", model_uri="models:/fadigits@champion", deployment=DeploymentSpec(replicas=2, **small))],
                       auth={"tokenFile": str(serving_cluster.home / "serve-token")}, rollout_timeout_s=120)
     # fault -> (actor name prefix, how many run when healthy)
     faults = {"model replica": (f"SERVE_REPLICA::{APP}#digits--", 2), "ingress replica": (f"SERVE_REPLICA::{APP}#Ingress#", 1),
@@ -131,6 +133,13 @@ def test_killing_a_model_replica_the_ingress_replica_and_the_proxy_fails_no_clie
                                   "naive_failed": sum(1 for c in naive.raw if c != 200) - naive_bad0,
                                   "naive_requests": len(naive.raw) - raw0}
             slowest = load.slowest_s
+        assert load.most_urls >= 2, "the clients never learned a direct URL"
+        out = os.environ.get("AIMASS_FAULT_FIGURES")
+        if out:
+            import json
+
+            with open(out, "w") as f:
+                json.dump({"figures": figures, "slowest_s": slowest, "answers": load.ok}, f)
         print(f"\nfault figures (concurrency 8 aimass.Client; naive: 1 loop, no retry): {figures}; slowest client answer {slowest:.2f}s")
         assert all(f["client_failed"] == 0 for f in figures.values()), (figures, load.failed[:5])
     finally:
