@@ -41,7 +41,7 @@ def app(tmp_path):
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_infer_retries_what_a_dying_proxy_answers(app, status):
-    ing, asgi = app
+    _, asgi = app
     flaky = Flaky(asgi, 3, status)
     x = np.ones((2, N_IN), dtype=np.float32)
     with Server(flaky) as s, Client(s.url, token=TOKEN, discover=False) as c:

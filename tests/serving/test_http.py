@@ -13,7 +13,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serving._ingress import N_CLASSES, N_IN, TOKEN, Server, make_ingress, softmax_model
+from tests.serving._ingress import (
+    N_CLASSES,
+    N_IN,
+    TOKEN,
+    Server,
+    make_ingress,
+    softmax_model,
+)
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PATH = "/v2/models/digits/infer"
@@ -147,7 +154,7 @@ def test_invented_model_and_version_names_do_not_grow_the_metrics(http):
         assert http.get(f"/v2/models/{name}/ready").status_code == 404
         assert http.get(f"/v2/models/digits/versions/{name}").status_code == 404
     after = http.get("/metrics").text
-    series = lambda t: sorted(ln.rsplit(" ", 1)[0] for ln in t.splitlines() if ln and not ln.startswith("#"))  # noqa: E731
+    series = lambda t: sorted(ln.rsplit(" ", 1)[0] for ln in t.splitlines() if ln and not ln.startswith("#"))
     assert series(after) == series(before)
     assert len(after) < len(before) + 200  # only counter values changed
     assert 'model="_unknown"' in after and 'model="digits",version="_unknown"' in after
@@ -251,7 +258,7 @@ def test_tritons_client_in_binary_mode(server, bytes_server):
     res = c.infer("digits", [inp], headers=dict(AUTH))  # no outputs named: the client asks for all of them in binary
     assert np.allclose(res.as_numpy("probabilities"), softmax_model(x), atol=1e-6)
     t = httpclient.InferenceServerClient(url=bytes_server.url.split("//")[1])
-    texts = np.array([b"raw \xff bytes", "text".encode()], dtype=object)
+    texts = np.array([b"raw \xff bytes", b"text"], dtype=object)
     tin = httpclient.InferInput("text", [2], "BYTES")
     tin.set_data_from_numpy(texts, binary_data=True)
     assert t.infer("digits", [tin], headers=dict(AUTH)).as_numpy("length").ravel().tolist() == [11.0, 4.0]
