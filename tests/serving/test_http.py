@@ -272,8 +272,9 @@ CONNECTIONS = 1000
 
 
 def test_many_concurrent_connections_are_each_answered_within_a_bounded_time(tmp_path):
-    """A slow model (4 rows per 100 ms batch: ~40 answers/s) behind a large queue (1,000), the server in
-    its own process: without the admission time limit the last of 1,000 requests waits ~25 s. With it
+    """A slow model (100 ms per batch of 4 rows, 4 batches in flight: ~160 answers/s) behind a large queue
+    (1,000), the server in its own process: without the admission time limit the last of 1,000 requests
+    waits ~7 s (measured on the old code). With it
     (0.5 s), every answer comes within a few seconds: 200, or 503 with Retry-After, and the server
     keeps serving afterwards."""
     import asyncio
