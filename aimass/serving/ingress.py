@@ -356,7 +356,7 @@ class Ingress:
         arrays = validate_inputs(req, sig, max_rows=route.max_rows, allow_non_finite=route.allow_non_finite, binary=dec.binary)
         x = arrays[sig.inputs[0].name]
         served = target
-        queue = self.metrics.queue.labels(name, target.version)
+        queue = self.metrics.child(self.metrics.queue, name, target.version)
         queue.inc()
         try:
             c0 = time.perf_counter()
@@ -385,15 +385,15 @@ class Ingress:
         self._record_cache_events(info.get("cache_events"))
         if info.get("cache") == "hit":
             self.metrics.cache.labels(name, served.version, "hit").inc()
-        self.metrics.batch_size.labels(name, served.version).observe(info.get("batch_rows", x.shape[0]))
+        self.metrics.child(self.metrics.batch_size, name, served.version).observe(info.get("batch_rows", x.shape[0]))
         out_name = sig.outputs[0].name
         outputs, blobs = encode_outputs({out_name: probs}, req.outputs,
                                         binary_default=bool((req.parameters or {}).get("binary_data_output")))
         resp = {"model_name": name, "model_version": served.version, "id": req.id, "outputs": outputs}
         if sig.class_names:
             resp["parameters"] = {"class_names": list(sig.class_names)}
-        self.metrics.latency.labels(name, served.version).observe(time.perf_counter() - t0)
-        self.metrics.requests.labels(name, served.version, "200").inc()
+        self.metrics.child(self.metrics.latency, name, served.version).observe(time.perf_counter() - t0)
+        self.metrics.child(self.metrics.requests, name, served.version, "200").inc()
         if blobs:
             head = json.dumps(resp).encode()
             return 200, b"".join([head, *blobs]), {BINARY_HEADER: str(len(head)), "Content-Type": "application/octet-stream"}

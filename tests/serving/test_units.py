@@ -167,6 +167,10 @@ def test_valid_inputs_decode_to_the_signature_dtype():
     (req([1.5] * 4, [1, 4], "INT16"), InvalidRequestError, "datatype INT16 needs integers"),
     (req([70000] * 4, [1, 4], "INT16"), InvalidRequestError, "out of range for INT16"),
     (req([[0.0] * 4, [0.0] * 3], [2, 4]), InvalidRequestError, "ragged"),
+    (req([[0.0] * 4, [[[[[0.0] * 4]]]]], [2, 4]), InvalidRequestError, "ragged \\(rows differ in length\\) or mixes numbers and lists"),
+    (req([0.0, [0.0, 0.0], 0.0], [1, 4]), InvalidRequestError, "mixes numbers and lists"),
+    (req([[[0.0] * 4]], [1, 4]), InvalidRequestError, "nested more deeply than its shape \\[1, 4\\] has dimensions"),
+    (req([0.0] * 4, [1, 4], "BYTES"), InvalidRequestError, "datatype BYTES does not match"),
     (req([0.0] * 4, [1, 4], name="x"), InvalidRequestError, "unknown input 'x'"),
     (req([0.0] * 4, [1, 4], outputs=[{"name": "logits"}]), InvalidRequestError, "unknown output 'logits'"),
 ])
