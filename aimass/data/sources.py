@@ -9,7 +9,7 @@ import numpy as np
 
 from aimass.exceptions import InvalidRequestError, SpecError, StorageError
 
-__all__ = ["load_source", "RawData"]
+__all__ = ["RawData", "load_source"]
 
 RawData = tuple[np.ndarray, np.ndarray, list[str]]  # features, labels (as ints), class names
 
