@@ -45,6 +45,8 @@ def fetch_model(model_ref: dict[str, Any], store):
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> tuple[dict[str, float], dict]:
     from sklearn import metrics as skm
 
+    proba = np.asarray(proba, dtype=np.float64)
+    proba = proba / np.clip(proba.sum(axis=1, keepdims=True), 1e-12, None)  # float32 softmax rounding
     y_pred = proba.argmax(1)
     labels = list(range(len(class_names)))
     out = {
