@@ -184,6 +184,9 @@ class DataConfig(StepConfig):
             if self.image_shape or self.augment.copies:
                 raise ValueError("imageShape and augment are for modality tensor (image data uses `image.size`; "
                                  "augmentation of images, tables and text is not done by the data step)")
+        if self.modality == "tensor" and self.format in ("jsonl", "folder"):
+            raise ValueError(f"format {self.format} is not read by modality tensor; set modality: "
+                             f"{'image' if self.format == 'folder' else 'text or table'}")
         if self.format == "folder" and self.modality != "image":
             raise ValueError("format folder (class-per-subdirectory) needs modality: image")
         if self.targets is not None:
