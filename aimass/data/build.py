@@ -293,8 +293,11 @@ def _build_table(cfg, seed, endpoint_url) -> BuildResult:
     src = fetch_source(cfg.source, want_dir=False, endpoint_url=endpoint_url)
     fmt = _fmt(cfg, cfg.source)
     name = Path(src.path).name
-    frame = read_frame(src.path, fmt, name)
-    digest = sha256_file(src.path)
+    try:
+        frame = read_frame(src.path, fmt, name)
+        digest = sha256_file(src.path)
+    finally:
+        src.cleanup()
     metrics: dict[str, float] = {"rows_in": float(len(frame))}
     frame = frame.iloc[_sample(len(frame), cfg.max_rows, seed)]
     tcfgs = cfg.target_configs()
@@ -348,8 +351,11 @@ def _build_text(cfg, seed, endpoint_url) -> BuildResult:
     if fmt not in ("csv", "jsonl", "parquet"):
         raise SpecError(f"text data must be CSV, JSONL or Parquet, got format {fmt!r}", got=cfg.source, fix="Set format: csv, jsonl or parquet.")
     name = Path(src.path).name
-    frame = read_frame(src.path, fmt, name)
-    digest = sha256_file(src.path)
+    try:
+        frame = read_frame(src.path, fmt, name)
+        digest = sha256_file(src.path)
+    finally:
+        src.cleanup()
     tc = cfg.text
     _missing_columns(frame, [tc.text_column], name, "text")
     metrics: dict[str, float] = {"rows_in": float(len(frame))}
@@ -426,6 +432,15 @@ def _folder_digest(root: Path, rel_paths: list[str]) -> str:
 
 
 def _build_image(cfg, seed, endpoint_url) -> BuildResult:
+    downloads: list = []
+    try:
+        return _build_image_from(cfg, seed, endpoint_url, downloads)
+    finally:
+        for d in downloads:
+            d.cleanup()
+
+
+def _build_image_from(cfg, seed, endpoint_url, downloads: list) -> BuildResult:
     import pandas as pd
 
     ic = cfg.image
@@ -433,8 +448,9 @@ def _build_image(cfg, seed, endpoint_url) -> BuildResult:
     metrics: dict[str, float] = {}
     if fmt == "folder":
         src = fetch_source(cfg.source, want_dir=True, endpoint_url=endpoint_url)
+        downloads.append(src)
         root = src.path
-        items, classes = list_image_folder(root)
+        items, _ = list_image_folder(root)
         frame = pd.DataFrame({"path": [p for p, _ in items], cfg.label_column: [c for _, c in items]})
         path_col, name = "path", str(cfg.source)
         tcfgs = cfg.target_configs()
@@ -443,6 +459,7 @@ def _build_image(cfg, seed, endpoint_url) -> BuildResult:
             raise SpecError(f"an image manifest must be CSV, JSONL or Parquet, got {fmt!r}", got=cfg.source,
                             fix="Use a folder (one subdirectory per class) or a CSV/Parquet manifest of path + label columns.")
         mani = fetch_source(cfg.source, want_dir=False, endpoint_url=endpoint_url)
+        downloads.append(mani)
         name = Path(mani.path).name
         frame = read_frame(mani.path, fmt, name)
         path_col = ic.path_column
@@ -450,6 +467,7 @@ def _build_image(cfg, seed, endpoint_url) -> BuildResult:
         if cfg.source.startswith("s3://"):
             base = cfg.source.rsplit("/", 1)[0] + "/"
             src = fetch_source(base, want_dir=True, endpoint_url=endpoint_url)
+            downloads.append(src)
             root = src.path
         else:
             root = mani.path.parent

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import posixpath
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,12 @@ class LocalSource:
     uri: str
     path: Path
     is_dir: bool
+    temp_dir: Path | None = None  # a download directory to remove when done
+
+    def cleanup(self) -> None:
+        """Remove the downloaded copy of an S3 source (a local source is left alone)."""
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -67,12 +74,12 @@ def fetch_source(src: str, *, want_dir: bool, endpoint_url: str | None = None) -
             for k in keys:
                 rel = k[len(prefix):].lstrip("/") if prefix else k
                 store.get_file(k, tmp / rel)
-            return LocalSource(src, tmp, True)
+            return LocalSource(src, tmp, True, tmp)
         if not key or key.endswith("/"):
             raise SpecError("S3 source needs a key", got=src, fix="Use s3://bucket/path/to/file.csv.")
         local = tmp / Path(key).name
         store.get_file(key, local)
-        return LocalSource(src, local, False)
+        return LocalSource(src, local, False, tmp)
     if "://" in src and not src.startswith("file://"):
         raise InvalidRequestError("unsupported data source scheme", got=src, fix="Use builtin:NAME, synthetic, a local path or s3://.")
     path = Path(src.removeprefix("file://")).expanduser()

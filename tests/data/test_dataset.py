@@ -79,5 +79,12 @@ def test_s3_image_folder_text_file_and_empty_prefix(tmp_path, monkeypatch, shape
                                                        "image": {"size": [8, 8]}}), 0, endpoint_url=url)
         assert img.dataset.class_names == ["circle", "square", "triangle"] and sum(img.dataset.preprocess["image"]["size"]) == 16
         assert sum(len(v) for v in img.manifest["splits"].values()) == 30
+        manifest = "path,shape\n" + "".join(f"{p.relative_to(shapes_dir).as_posix()},{p.parent.name}\n"
+                                            for p in sorted(shapes_dir.rglob("*.*"))[::3])
+        s3.put_object(Bucket="data", Key="sets/shapes/manifest.csv", Body=manifest.encode())
+        via_manifest = build_dataset(DataConfig.model_validate({"source": "s3://data/sets/shapes/manifest.csv", "modality": "image",
+                                                                "labelColumn": "shape", "image": {"size": [8, 8]}}), 0, endpoint_url=url)
+        assert via_manifest.manifest["splits"] == img.manifest["splits"]
+        assert np.array_equal(via_manifest.dataset.x_test, img.dataset.x_test)
         with pytest.raises(SpecError, match="the S3 prefix holds no objects"):
             build_dataset(DataConfig.model_validate({"source": "s3://data/nothing/here/", "modality": "image"}), 0, endpoint_url=url)

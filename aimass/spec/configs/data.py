@@ -115,7 +115,8 @@ class TextConfig(StrictModel):
     """How text is read (CSV, JSONL or Parquet)."""
 
     text_column: str = Field("text", description="The column holding the text.")
-    max_chars: int = Field(100_000, ge=1, le=10_000_000, description="Longest text accepted, in characters.")
+    max_chars: int = Field(10_000, ge=1, le=1_000_000,
+                           description="Longest text accepted, in characters (texts are stored fixed-width: rows x longest text).")
     on_error: Literal["error", "skip"] = Field("error", description="A row with empty or too long text: fail (naming the row) or skip it and count it.")
 
 
