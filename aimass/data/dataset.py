@@ -219,6 +219,5 @@ def open_dataset(ref: DatasetRef | dict, store=None, endpoint_url: str | None = 
             x_train=z["x_train"], y_train=z["y_train"], x_val=z["x_val"], y_val=z["y_val"], x_test=z["x_test"], y_test=z["y_test"],
             class_names=[str(c) for c in z["class_names"]], feature_mean=z["feature_mean"], feature_scale=z["feature_scale"],
             modality=meta.get("modality", "tensor"), targets=targets, extra_y=extra,
-            c_train=z["c_train"] if "c_train" in z else None, c_val=z["c_val"] if "c_val" in z else None,
-            c_test=z["c_test"] if "c_test" in z else None, preprocess=meta.get("preprocess", {}),
+            c_train=z.get("c_train"), c_val=z.get("c_val"), c_test=z.get("c_test"), preprocess=meta.get("preprocess", {}),
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_shapes", "make_customers", "make_diabetes", "make_all"]
+__all__ = ["make_all", "make_customers", "make_diabetes", "make_shapes"]
 
 SHAPES = ("circle", "square", "triangle")
 

@@ -6,7 +6,14 @@ import boto3
 import numpy as np
 import pytest
 
-from aimass.data import Dataset, DatasetRef, TargetSpec, build_dataset, open_dataset, save_dataset
+from aimass.data import (
+    Dataset,
+    DatasetRef,
+    TargetSpec,
+    build_dataset,
+    open_dataset,
+    save_dataset,
+)
 from aimass.exceptions import SpecError
 from aimass.spec.configs.data import DataConfig
 from aimass.storage import get_store

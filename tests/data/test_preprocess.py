@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from aimass.data.preprocess import decode_image, decode_images, encode_table, encode_table_rows, fit_categorical, fit_numeric, image_stats
+from aimass.data.preprocess import (
+    decode_image,
+    decode_images,
+    encode_table,
+    encode_table_rows,
+    fit_categorical,
+    fit_numeric,
+    image_stats,
+)
 from aimass.exceptions import InvalidRequestError
 from tests.data.conftest import png_header_only
 

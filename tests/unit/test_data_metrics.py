@@ -9,8 +9,14 @@ from sklearn import metrics as skm
 
 from aimass.data import Dataset, TargetSpec
 from aimass.exceptions import StepError
-from aimass.steps.evaluate import (classification_metrics, model_inputs, multilabel_metrics, predict_outputs,
-                                   regression_metrics, target_metrics)
+from aimass.steps.evaluate import (
+    classification_metrics,
+    model_inputs,
+    multilabel_metrics,
+    predict_outputs,
+    regression_metrics,
+    target_metrics,
+)
 
 
 def test_regression_metrics_by_hand_and_per_output():
