@@ -288,6 +288,50 @@ def _label_auc_plot(ctx: StepContext, per_label: dict, target: str) -> None:
     plt.close(fig)
 
 
+def evaluate_targets(ds, ys: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of every target: (flat metrics, per-target reports). Pure: arrays in, numbers out.
+
+    The primary target's metrics keep their plain names; with several targets each target's metrics are also
+    given as ``<target>.<metric>``.
+    """
+    metrics: dict[str, float] = {}
+    reports: dict[str, Any] = {}
+    many = len(ds.targets) > 1
+    for i, t in enumerate(ds.targets):
+        m, rep = target_metrics(t.kind, ys[t.name], outputs[t.name], t.class_names)
+        reports[t.name] = {"kind": t.kind, "metrics": m, "detail": rep}
+        if i == 0:
+            metrics.update(m)
+        if many:
+            metrics.update({f"{t.name}.{k}": v for k, v in m.items()})
+    return metrics, reports
+
+
+def log_evaluation(ctx: StepContext, ds, ys: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+                   history: list[dict[str, Any]] | None = None, plots: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+    """Compute, log (metrics, reports, plots per target kind) and return the step's ``metrics`` and ``report``."""
+    metrics, reports = evaluate_targets(ds, ys, outputs)
+    ctx.log_metrics(metrics)
+    primary = ds.targets[0]
+    if primary.kind == "classification":
+        ctx.tracker.log_dict(ctx.mlflow_run_id, reports[primary.name]["detail"], "classification_report.json")
+    ctx.tracker.log_dict(ctx.mlflow_run_id, reports, "evaluation_report.json")
+    if plots:
+        for t in ds.targets:
+            if t.kind == "classification" and t is primary:
+                _plots(ctx, ys[t.name], outputs[t.name], t.class_names, history or [])
+            elif t.kind == "regression":
+                _residual_plot(ctx, ys[t.name], outputs[t.name], t.class_names, t.name)
+            elif t.kind == "multilabel":
+                _label_auc_plot(ctx, reports[t.name]["detail"], t.name)
+    report: dict[str, Any] = {}
+    if primary.kind == "classification":
+        report["per_class"] = {k: v for k, v in reports[primary.name]["detail"].items() if k in primary.class_names}
+    if len(ds.targets) > 1 or primary.kind != "classification":
+        report["targets"] = {k: {"kind": v["kind"], "metrics": v["metrics"]} for k, v in reports.items()}
+    return metrics, report
+
+
 class EvaluateStep(Step):
     type_name = "evaluate"
 
@@ -303,33 +347,6 @@ class EvaluateStep(Step):
         if n == 0:
             raise SpecError(f"the {config.split} split is empty", fix="Give it a non-zero share in the data step's split.")
         outputs = predict_outputs(model, ds, config.split, config.batch_size)
-        metrics: dict[str, float] = {}
-        reports: dict[str, Any] = {}
-        many = len(ds.targets) > 1
-        for i, t in enumerate(ds.targets):
-            m, rep = target_metrics(t.kind, ys[t.name], outputs[t.name], t.class_names)
-            reports[t.name] = {"kind": t.kind, "metrics": m, "detail": rep}
-            if i == 0:
-                metrics.update(m)
-            if many:
-                metrics.update({f"{t.name}.{k}": v for k, v in m.items()})
         ctx.log_params({"split": config.split, "rows": n, "targets": [f"{t.name}:{t.kind}" for t in ds.targets]})
-        ctx.log_metrics(metrics)
-        primary = ds.targets[0]
-        if primary.kind == "classification":
-            ctx.tracker.log_dict(ctx.mlflow_run_id, reports[primary.name]["detail"], "classification_report.json")
-        ctx.tracker.log_dict(ctx.mlflow_run_id, reports, "evaluation_report.json")
-        if config.plots:
-            for t in ds.targets:
-                if t.kind == "classification" and t is primary:
-                    _plots(ctx, ys[t.name], outputs[t.name], t.class_names, model_ref.get("history", []))
-                elif t.kind == "regression":
-                    _residual_plot(ctx, ys[t.name], outputs[t.name], t.class_names, t.name)
-                elif t.kind == "multilabel":
-                    _label_auc_plot(ctx, reports[t.name]["detail"], t.name)
-        report: dict[str, Any] = {}
-        if primary.kind == "classification":
-            report["per_class"] = {k: v for k, v in reports[primary.name]["detail"].items() if k in primary.class_names}
-        if many or primary.kind != "classification":
-            report["targets"] = {k: {"kind": v["kind"], "metrics": v["metrics"]} for k, v in reports.items()}
+        metrics, report = log_evaluation(ctx, ds, ys, outputs, model_ref.get("history", []), plots=config.plots)
         return {"metrics": metrics, "report": report}

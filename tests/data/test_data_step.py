@@ -113,3 +113,32 @@ def test_evaluate_table_classification_with_a_trained_zoo_model(env, monkeypatch
     arts = {a.path for a in env["tracker"].client.list_artifacts(ectx.mlflow_run_id, "plots")}
     assert "plots/confusion_matrix.png" in arts
     assert np.isfinite(m["log_loss"])
+
+
+def test_evaluation_of_several_target_kinds_is_logged_with_plots(env):
+    from aimass.data import Dataset, TargetSpec
+    from aimass.steps.evaluate import log_evaluation
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = rng.integers(0, 2, n)
+    ml = (rng.random((n, 2)) < 0.5).astype(np.float32)
+    reg = rng.normal(size=(n, 1)).astype(np.float32)
+    x = np.zeros((n, 1), np.float32)
+    ds = Dataset(x, y, x, y, x, y, ["a", "b"], np.zeros(1, np.float32), np.ones(1, np.float32), modality="table",
+                 targets=[TargetSpec("kind", "classification", ["a", "b"]), TargetSpec("tags", "multilabel", ["t1", "t2"]),
+                          TargetSpec("size", "regression", ["size"])],
+                 extra_y={"tags": {s: ml for s in ("train", "val", "test")}, "size": {s: reg for s in ("train", "val", "test")}})
+    outputs = {"kind": np.eye(2)[y] * 0.7 + 0.15, "tags": np.clip(ml * 0.8 + rng.random((n, 2)) * 0.3, 0, 1),
+               "size": reg + rng.normal(0, 0.1, (n, 1))}
+    ctx = ctx_for(env, "multi-eval", "evaluate")
+    metrics, report = log_evaluation(ctx, ds, ds.targets_split("test"), outputs)
+    assert metrics["accuracy"] == 1.0 and metrics["kind.accuracy"] == 1.0
+    assert metrics["tags.f1_micro"] > 0.8 and "tags.roc_auc_t1" in metrics and 0 < metrics["size.rmse"] < 0.2
+    assert set(report["targets"]) == {"kind", "tags", "size"} and set(report["per_class"]) == {"a", "b"}
+    client = env["tracker"].client
+    plots = {a.path for a in client.list_artifacts(ctx.mlflow_run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/residuals_size.png", "plots/label_auc_tags.png"} <= plots
+    logged = client.get_run(ctx.mlflow_run_id).data.metrics
+    assert logged["size.r2"] == pytest.approx(metrics["size.r2"]) and "evaluation_report.json" in {
+        a.path for a in client.list_artifacts(ctx.mlflow_run_id)}
