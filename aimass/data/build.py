@@ -446,6 +446,7 @@ def _build_image_from(cfg, seed, endpoint_url, downloads: list) -> BuildResult:
     ic = cfg.image
     fmt = _fmt(cfg, cfg.source)
     metrics: dict[str, float] = {}
+    base = ""  # an S3 manifest's prefix
     if fmt == "folder":
         src = fetch_source(cfg.source, want_dir=True, endpoint_url=endpoint_url)
         downloads.append(src)
@@ -495,7 +496,16 @@ def _build_image_from(cfg, seed, endpoint_url, downloads: list) -> BuildResult:
     pre = {"image": {"size": list(ic.size), "channels": ic.channels, "mean": mean, "std": std, "resize": ic.resize}}
     ds = _assemble(x, None, specs, arrays, idx, "image", pre, mean, std)
     stats = {"class_counts": _class_counts(specs, arrays), "columns": [], "image_sizes": sizes, "text_lengths": []}
-    return BuildResult(ds, _manifest(cfg, digest, seed, "file", ids, idx, skipped), digest, metrics, stats)
+    manifest = _manifest(cfg, digest, seed, "file", ids, idx, skipped)
+    # What streaming readers need to decode a split from the source files alone (aimass.data.streaming):
+    # where the files are, and the targets of each file in the manifest's (sorted) order.
+    manifest["root"] = (base if fmt != "folder" else cfg.source.rstrip("/") + "/") if cfg.source.startswith("s3://") \
+        else str(root.resolve())
+    manifest["labels"] = {}
+    for s, part in zip(("train", "val", "test"), idx):
+        order = sorted(part.tolist(), key=lambda i: ids[i])
+        manifest["labels"][s] = {t.name: a[order].tolist() for t, a in zip(specs, arrays)}
+    return BuildResult(ds, manifest, digest, metrics, stats)
 
 
 def build_dataset(cfg, seed: int, endpoint_url: str | None = None) -> BuildResult:
