@@ -12,6 +12,7 @@ import pytest
 from aimass.data import build_dataset
 from aimass.exceptions import SpecError, StepError
 from aimass.spec.configs.data import DataConfig
+from tests.data.conftest import png_header_only
 
 
 def cfg(**kw) -> DataConfig:
@@ -70,9 +71,15 @@ def test_unreadable_images_fail_naming_the_file_or_are_counted_when_skipped(shap
     (root / "square" / "half.png").write_bytes(good[: len(good) // 2])
     with pytest.raises(SpecError, match=r"unreadable image circle/broken.png: not an image.*onError: skip"):
         build_dataset(cfg(source=str(root), modality="image"), 0)
+    (root / "circle" / "broken.png").unlink()
+    (root / "triangle" / "huge.png").write_bytes(png_header_only(20_000, 20_000))
+    with pytest.raises(SpecError, match=r"unreadable image square/half.png: the image is truncated"):
+        build_dataset(cfg(source=str(root), modality="image"), 0)
+    (root / "circle" / "broken.png").write_bytes(b"not a png at all")
     res = build_dataset(cfg(source=str(root), modality="image", image={"onError": "skip"}), 0)
-    assert res.metrics["images_skipped"] == 2
-    assert {s["id"] for s in res.manifest["skipped"]} == {"circle/broken.png", "square/half.png"}
+    assert res.metrics["images_skipped"] == 3
+    assert {s["id"] for s in res.manifest["skipped"]} == {"circle/broken.png", "square/half.png", "triangle/huge.png"}
+    assert "decompression-bomb" in {s["id"]: s["reason"] for s in res.manifest["skipped"]}["triangle/huge.png"]
     assert "truncated" in {s["id"]: s["reason"] for s in res.manifest["skipped"]}["square/half.png"]
 
 
