@@ -95,6 +95,14 @@ def test_a_server_without_an_image_says_so_as_a_server_error(serve):
     assert fake.list("rayjobs", NAMESPACE) == []
     ready = api.client(identity=None).get("/readyz")
     assert ready.status_code == 503 and "AIMASS_RAY_IMAGE" in ready.json()["detail"]
+    # the SDK/CLI passes it on as the server's, and does not retry what cannot succeed
+    from aimass.api.client import ControlPlaneExecutor
+    from aimass.exceptions import ExecutorError
+    from aimass.spec import parse_pipeline
+
+    with pytest.raises(ExecutorError, match="no container image") as ei:
+        ControlPlaneExecutor(api.url, token=TOKEN["alice"]).submit(parse_pipeline(TINY_PIPELINE), "abcd-1")
+    assert ei.value.retryable is False and "AIMASS_RAY_IMAGE" in ei.value.fix
     # the client's own mistakes stay 4xx on that server
     assert api.client("alice").post(RUNS, json={"spec": {}, "specYaml": "x"}).status_code == 422
     assert api.client(identity=None).post(RUNS, json={"specYaml": TINY_PIPELINE}).status_code == 401

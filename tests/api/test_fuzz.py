@@ -131,7 +131,7 @@ checks.positive_data_acceptance.expected-statuses = ["201", "401", "409", "422",
 
 
 def test_schemathesis_all_checks_all_phases_clean(served, tmp_path):
-    schema, url = served
+    _, url = served
     cfg = tmp_path / "schemathesis.toml"
     cfg.write_text(_CONFIG)
     cli = Path(sys.executable).with_name("schemathesis")

@@ -21,7 +21,12 @@ def _body(n_in: int) -> dict:
 
 
 def _cfg(cluster, version: str, replicas: int):
-    from aimass.serving.config import DeploymentSpec, IngressSpec, ModelSpec, ServeConfig
+    from aimass.serving.config import (
+        DeploymentSpec,
+        IngressSpec,
+        ModelSpec,
+        ServeConfig,
+    )
 
     dep = DeploymentSpec(num_cpus=0.1, replicas=replicas, max_constructor_retries=1, health_check_period_s=1.0,
                          health_check_timeout_s=5.0, graceful_shutdown_timeout_s=5.0)
