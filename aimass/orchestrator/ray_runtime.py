@@ -13,6 +13,16 @@ that single-node mode on here, so every component listens on 127.0.0.1. Ray Clie
 on :10001 by default, which a second cluster on the host could not bind) is not started at all: AI
 Mass never connects through Ray Client. ``AIMASS_RAY_NODE_IP`` set to another address gives the old
 behaviour (Ray's own rules: reachable from the network), for a cluster that other hosts must join.
+
+One socket Ray 2.60 does not let us place: each Ray Serve replica's inter-deployment gRPC server is
+bound to ``[::]:0`` in ``ray/serve/_private/replica.py`` (``Replica._on_initialized``), with no setting
+for its host. It takes a random port on every interface, and answers only calls that carry the
+cluster's Ray token (Serve attaches Ray's auth interceptor; token auth is on here). A host firewall
+that drops inbound connections closes it; ``tests/integration/test_local_cluster.py`` checks that
+it is the only exception.
+
+Processes that connect to such a cluster (``ray.init``) use :func:`connect`: Ray would otherwise rewrite
+the 127.0.0.1 of its address to the host's routable one, where nothing listens.
 """
 
 from __future__ import annotations
