@@ -131,6 +131,9 @@ def test_local_cluster_listens_on_loopback_only_and_down_stops_it_all(two_homes,
         assert [s for s in _listening(other_pids) if not _is_loopback(s[0])] == []  # no Serve there
     finally:
         ray.shutdown()
+        from ray.serve.context import _set_global_client
+
+        _set_global_client(None)  # Serve caches its client per process: the next test's cluster has its own
 
     # `aimass down` of the first home stops every process of the first cluster, and only those
     r = subprocess.run([aimass_bin(), "down"], env=cli_env(AIMASS_HOME=str(home)), capture_output=True, text=True,
