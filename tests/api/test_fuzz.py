@@ -139,7 +139,9 @@ def test_schemathesis_all_checks_all_phases_clean(served, tmp_path):
            "-H", f"Authorization: Bearer {TOKEN['alice']}", "--max-examples", "25", "--seed", "1", "--workers", "1",
            "--request-timeout", "30", "--max-failures", "20"]
     started = time.monotonic()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"}, check=False)
+    # cwd: schemathesis keeps a cache of crashes in ./.schemathesis, which belongs in no checkout
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"}, check=False,
+                       cwd=tmp_path)
     out = r.stdout[-12000:] + r.stderr[-2000:]
     assert r.returncode == 0, out
     assert "8 selected / 8 total" in r.stdout and " passed" in r.stdout, out
