@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -66,6 +67,8 @@ def two_homes():
 
     for h in homes:
         rr.stop_local_cluster(h, timeout_s=5)
+        shutil.rmtree(rr.ray_temp_dir(h), ignore_errors=True)
+        shutil.rmtree(h, ignore_errors=True)
 
 
 def test_local_cluster_listens_on_loopback_only_and_down_stops_it_all(two_homes, monkeypatch):
