@@ -9,10 +9,11 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from aimass.exceptions import AimassError
 
-__all__ = ["Output", "console", "err_console", "emit_json", "fail", "run_app", "OUTPUT_OPTION"]
+__all__ = ["Output", "console", "err_console", "emit_json", "fail", "run_app", "OUTPUT_OPTION", "table"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -24,6 +25,26 @@ class Output(str, Enum):
 
 
 OUTPUT_OPTION = typer.Option(Output.text, "--output", "-o", help="text for people, json for scripts.")
+
+
+def table(*columns: str | tuple[str, dict[str, Any]], title: str | None = None, **kw: Any) -> Table:
+    """A table that stays readable at 80 columns: every cell folds onto more lines, none is cut to ``…``.
+
+    Args:
+        columns: header names, or ``(name, column options)`` pairs (``justify``, ``style``, ``ratio``; no
+            ``min_width``: a minimum wider than the terminal allows crops the table).
+        title: shown above the table, left-aligned.
+        kw: further :class:`rich.table.Table` options.
+
+    Example:
+        >>> t = table("step", ("duration", {"justify": "right"}), title="run 1")
+        >>> t.add_row("train", "12.0s")
+    """
+    t = Table(title=title, title_justify="left", **kw)
+    for col in columns:
+        name, opts = (col, {}) if isinstance(col, str) else col
+        t.add_column(name, **{"overflow": "fold", **opts, "no_wrap": False})
+    return t
 
 
 def emit_json(data: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, err_console, fail
+from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, err_console, fail, table
 from aimass.exceptions import AimassError, InvalidRequestError, NotFoundError
 
 __all__ = ["register"]
@@ -146,18 +146,18 @@ def list_cmd(
     if not rows:
         console.print("no runs yet: `aimass run FILE` runs one here, `aimass submit FILE --to k8s` on a cluster")
         return
-    t = Table()
-    t.add_column("run", no_wrap=True)
-    t.add_column("pipeline")
-    t.add_column("where")
-    t.add_column("state", no_wrap=True)
-    t.add_column("started")
-    t.add_column("duration", no_wrap=True)
-    t.add_column("message", overflow="fold")
+    console.print(runs_table(rows))
+
+
+def runs_table(rows: list[dict[str, Any]]) -> Table:
+    """Runs, one per row: id, pipeline, where it runs, state, start, duration and its last message."""
+    t = table("run", "pipeline", "where", "state", "started", ("duration", {"justify": "right"}),
+              ("message", {"ratio": 1}))
     for r in rows:
+        msg = r.get("message") or ""
         t.add_row(r["run_id"], r["pipeline"], r["where"], _state(r["state"]), _fmt_time(r["started_at"]),
-                  _fmt_duration(r["started_at"], r["finished_at"]), (r.get("message") or "")[:80])
-    console.print(t)
+                  _fmt_duration(r["started_at"], r["finished_at"]), msg if len(msg) <= 200 else msg[:197] + "...")
+    return t
 
 
 def _find_ref(run_id: str, backend: tuple) -> tuple[Any, Any] | tuple[None, None]:
@@ -229,12 +229,18 @@ def _show_local(run: Any, output: Output) -> None:
     console.print(f"run [bold]{run.run_id}[/]  pipeline [bold]{run.pipeline}[/]  local  {_state(run.status)}")
     console.print(f"  started: {_fmt_time(run.started_at)}   duration {_fmt_duration(run.started_at, run.finished_at)}"
                   + (f"   MLflow run {run.mlflow_run_id}" if run.mlflow_run_id else ""))
-    t = Table("step", "state", "cached", "duration", "outputs", "MLflow run")
+    console.print(local_run_table(run))
+
+
+def local_run_table(run: Any) -> Table:
+    """The steps of a local run: state, cache hit, duration, outputs and each step's MLflow run."""
+    t = table("step", "state", "cached", ("time", {"justify": "right"}), ("outputs", {"ratio": 1}),
+              "MLflow run")
     for name, s in run.steps.items():
         outs = ", ".join(f"{k}={v}" for k, v in s.outputs.items())
         t.add_row(name, _state(s.status), "yes" if s.cached else "", f"{s.duration_s:.1f}s" if s.duration_s else "",
-                  outs[:80], s.mlflow_run_id or "")
-    console.print(t)
+                  outs if len(outs) <= 200 else outs[:197] + "...", s.mlflow_run_id or "")
+    return t
 
 
 @runs_app.command("logs")
