@@ -75,11 +75,12 @@ def run_app(app: typer.Typer) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
+    except Exception as e:
+        # Usage errors (a missing option, a bad value): typer >= 0.24 raises those of its own vendored click,
+        # which are not click.ClickException; both kinds have show() and an exit code.
+        show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return code
         raise
     return rv if isinstance(rv, int) else 0

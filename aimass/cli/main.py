@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 # Noun modules under aimass.cli; a module missing from an install is skipped, never fatal.
-NOUNS = ("pipeline", "run", "runs", "models", "serve", "submit", "api")
+NOUNS = ("pipeline", "run", "runs", "models", "serve", "submit", "api", "doctor")
 
 
 def _register_all() -> None:
