@@ -203,7 +203,8 @@ def _read_input(spec: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as e:
-        raise InvalidRequestError(f"--input is not valid JSON ({e})",
+        what = f"the input file {spec[1:]}" if spec.startswith("@") else "--input"
+        raise InvalidRequestError(f"{what} is not valid JSON ({e})",
                                   fix="Give rows as JSON ([[...], [...]]), a V2 request body, @file.json or - for stdin.") from None
 
 
@@ -288,6 +289,7 @@ def predict_cmd(
     version: Optional[str] = typer.Option(None, "--version", help="Pin a served version."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Classes shown per row, most likely first."),
     show_all: bool = typer.Option(False, "--all", help="Show every class's probability (--output json always has them)."),
+    timeout_s: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds to wait for each answer of the server."),
     output: Output = OUTPUT_OPTION,
 ) -> None:
     """Send rows to a served model and print, per row, the predicted class, its probability and the top-k.
@@ -313,7 +315,7 @@ def predict_cmd(
         data = _read_input(input)
         base = url or f"http://127.0.0.1:{Settings.load().serve_http_port}"
         try:
-            client = Client(base, token_file=token_file, retries=0)
+            client = Client(base, token_file=token_file, timeout_s=timeout_s, retries=0)
         except OSError as e:
             raise InvalidRequestError(f"cannot read the token file: {e.strerror}", got=str(e.filename),
                                       fix="Give --token-file PATH of the serving token ($AIMASS_HOME/serve-token by default).") from None
