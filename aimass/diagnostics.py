@@ -563,7 +563,12 @@ def run_checks(settings: Any = None, deadline_s: float = DEADLINE_S, only: list[
         try:
             settings = _settings()
         except (AimassError, ValueError) as e:  # a broken config.yaml or an invalid AIMASS_* value
-            first = str(e).splitlines()[0][:300]
+            errors = getattr(e, "errors", None)
+            if callable(errors) and errors():  # pydantic: name the field, the message and the value
+                err = errors()[0]
+                first = f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
+            else:
+                first = str(e).splitlines()[0][:300]
             results.append(Check("settings", FAIL, f"the settings do not load: {first}",
                                  "Fix $AIMASS_HOME/config.yaml or the AIMASS_* variable it names."))
     selected = [c for c in CHECKS if only is None or c[0] in only]
