@@ -33,9 +33,9 @@ __all__ = ["Check", "CHECKS", "run_checks", "OK", "WARN", "FAIL"]
 OK, WARN, FAIL = "ok", "warn", "fail"
 
 # Each network probe waits at most this long: the whole doctor stays well under 10 s with a server down.
-PROBE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 1.5
 # What `aimass doctor` gives all checks together before naming the ones that did not finish.
-DEADLINE_S = 6.0
+DEADLINE_S = 5.0
 
 GiB = 1024**3
 KEY_PACKAGES = ("ray", "torch", "mlflow", "pydantic", "typer", "numpy")
@@ -427,7 +427,8 @@ def check_artifacts(settings: Any) -> Check:
         s3_client(endpoint, max_attempts=1, connect_timeout_s=PROBE_TIMEOUT_S, read_timeout_s=PROBE_TIMEOUT_S).head_bucket(Bucket=bucket)
     except Exception as e:  # noqa: BLE001 - botocore's errors, told apart by name (botocore stays in aimass.storage)
         name = type(e).__name__
-        code = str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) if hasattr(e, "response") else ""
+        response = getattr(e, "response", None)
+        code = str((response.get("Error") or {}).get("Code", "")) if isinstance(response, dict) else ""
         if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
             return Check("artifacts", FAIL, f"{root}: no S3 credentials found",
                          "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE).")

@@ -294,6 +294,9 @@ def test_with_the_network_to_the_tracking_server_down_it_answers_within_10s(env,
     assert out.returncode == 1, out.stderr
     doc = json.loads(out.stdout)
     assert {"tracking", "ray-address", "artifacts"} <= set(doc["failed"])
+    assert not [c for c in doc["checks"] if "the check itself failed" in c["detail"]], doc
+    artifacts = next(c for c in doc["checks"] if c["name"] == "artifacts")
+    assert "did not answer" in artifacts["detail"] and "AIMASS_S3_ENDPOINT_URL" in artifacts["fix"]
     tracking = next(c for c in doc["checks"] if c["name"] == "tracking")
     assert f"127.0.0.1:{held_port}" in tracking["detail"] and tracking["fix"]
 
