@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -216,16 +217,9 @@ def signature_text(meta: dict[str, Any]) -> str:
         per_row = shape[1:]
         rows = ""
         if per_row and all(d > 0 for d in per_row):
-            rows = f" (rows of {' x '.join(str(d) for d in per_row)} value{'s' if _prod(per_row) != 1 else ''})"
+            rows = f" (rows of {' x '.join(str(d) for d in per_row)} value{'s' if math.prod(per_row) != 1 else ''})"
         parts.append(f"input {t.get('name')!r} {t.get('datatype')} {shape}{rows}")
     return "; ".join(parts) or "no declared inputs"
-
-
-def _prod(xs: list[int]) -> int:
-    n = 1
-    for x in xs:
-        n *= x
-    return n
 
 
 def _given_text(shape: tuple[int, ...]) -> str:
