@@ -41,16 +41,21 @@ def _fmt_s(v: float | None) -> str:
 
 
 def summary_table(state: RunState) -> Table:
-    """One row per step: status, cache hit, attempts, duration and its headline result; readable at 80 columns."""
+    """One row per step: status, cache hit, attempts, duration and its headline result; readable at 80 columns.
+
+    The ``type`` column is shown only when some step is named differently from its type (it would repeat
+    the name otherwise, taking width from the results).
+    """
     from aimass.cli.common import table
 
-    t = table("step", "type", "status", "cached", ("tries", {"justify": "right"}), ("time", {"justify": "right"}),
-              ("result", {"ratio": 1}),
-              title=f"run {state.run_id} · {state.pipeline} · [{_STYLE.get(state.status, '')}]{state.status}[/]")
+    show_type = any(st.name != st.type for st in state.steps.values())
+    cols: list = ["step", *(["type"] if show_type else []), "status", "cached", ("tries", {"justify": "right"}),
+                  ("time", {"justify": "right"}), ("result", {"ratio": 1})]
+    t = table(*cols, title=f"run {state.run_id} · {state.pipeline} · [{_STYLE.get(state.status, '')}]{state.status}[/]")
     for st in state.steps.values():
         result = headline_metrics(st.outputs) if st.status == SUCCEEDED else (st.error or {}).get("message", "")
-        t.add_row(st.name, st.type, f"[{_STYLE.get(st.status, '')}]{st.status}[/]", "yes" if st.cached else "",
-                  str(st.attempts), _fmt_s(st.duration_s), result)
+        t.add_row(st.name, *([st.type] if show_type else []), f"[{_STYLE.get(st.status, '')}]{st.status}[/]",
+                  "yes" if st.cached else "", str(st.attempts), _fmt_s(st.duration_s), result)
     return t
 
 

@@ -82,6 +82,8 @@ def run(
     else:
         from aimass.cli.progress import mlflow_ui_hint, next_steps, summary_table
 
+        if observer is not None and not console.is_terminal:
+            console.print()  # the live view's last line has no newline of its own when not on a terminal
         console.print(summary_table(state))
         lines = next_steps(state, str(file) if file else None, settings) if state.status == "SUCCEEDED" else None
         if lines:

@@ -42,14 +42,18 @@ def quickstart_state(repo_root):
     return st
 
 
-def test_run_summary_table(repo_root):
+@pytest.mark.parametrize("train_type", ["train", "tune"])
+def test_run_summary_table(repo_root, train_type):
     from aimass.cli.progress import headline_metrics, summary_table
 
     st = quickstart_state(repo_root)
+    st.steps["train"].type = train_type  # a step named unlike its type brings the type column back
     st.steps["train"].status, st.steps["train"].error = "FAILED", {"message": LONG_ERR}
     cells = [s.name for s in st.steps.values()] + [headline_metrics(s.outputs) for s in st.steps.values() if s.status == "SUCCEEDED"]
     for w in WIDTHS:
-        assert_not_cut(render(summary_table(st), w), w, cells + [LONG_ERR])
+        text = render(summary_table(st), w)
+        assert_not_cut(text, w, cells + [LONG_ERR])
+        assert (" type " in text.splitlines()[2]) == (train_type != "train")
 
 
 @pytest.mark.parametrize("names", [[str(i) for i in range(10)], [f"class-{i:02d}-{'x' * 12}" for i in range(40)]])
