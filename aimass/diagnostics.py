@@ -341,9 +341,9 @@ def check_serve(settings: Any) -> Check:
                              "Stop that cluster (`aimass down` with its AIMASS_HOME), or set AIMASS_SERVE_PORT to a free port.")
             headers = {}
             token = Path(settings.serve_token_file or Path(settings.home) / "serve-token").expanduser()
-            try:
+            try:  # our token goes only to our own cluster's proxy (a 401 elsewhere still says "it answers")
                 lines = [ln.strip() for ln in token.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-                if lines:
+                if lines and live:
                     headers["Authorization"] = f"Bearer {lines[0]}"
             except OSError:
                 pass
