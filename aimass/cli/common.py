@@ -31,7 +31,8 @@ def table(*columns: str | tuple[str, dict[str, Any]], title: str | None = None, 
     """A table that stays readable at 80 columns: every cell folds onto more lines, none is cut to ``…``.
 
     Args:
-        columns: header names, or ``(name, column options)`` pairs (``justify``, ``style``, ``ratio``; no
+        columns: header names, or ``(name, column options)`` pairs (``justify``, ``style``;
+            ``no_wrap`` for short cells and ids people copy, so the free-text columns fold instead; no
             ``min_width``: a minimum wider than the terminal allows crops the table).
         title: shown above the table, left-aligned.
         kw: further :class:`rich.table.Table` options.
@@ -43,7 +44,7 @@ def table(*columns: str | tuple[str, dict[str, Any]], title: str | None = None, 
     t = Table(title=title, title_justify="left", **kw)
     for col in columns:
         name, opts = (col, {}) if isinstance(col, str) else col
-        t.add_column(name, **{"overflow": "fold", **opts, "no_wrap": False})
+        t.add_column(name, **{"overflow": "fold", "no_wrap": False, **opts})
     return t
 
 

@@ -21,7 +21,7 @@ def checks_table(checks: list[Any]) -> Table:
     t = Table.grid(padding=(0, 1))
     t.add_column(no_wrap=True)
     t.add_column(no_wrap=True, style="bold")
-    t.add_column(overflow="fold", ratio=1)
+    t.add_column(overflow="fold")
     for c in checks:
         t.add_row(_ICON.get(c.status, "?"), c.name, escape(c.detail))
         if c.fix and c.status != "ok":

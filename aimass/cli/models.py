@@ -58,7 +58,7 @@ def versions(name: str = typer.Argument(..., help="Registered model name."), out
 
 def zoo_table(rows: list[dict[str, Any]]) -> Table:
     """The model zoo: one row per model with its description."""
-    t = table("name", ("description", {"ratio": 1}))
+    t = table(("name", {"no_wrap": True}), "description")
     for r in rows:
         t.add_row(r["name"], r["description"])
     return t
@@ -66,7 +66,8 @@ def zoo_table(rows: list[dict[str, Any]]) -> Table:
 
 def versions_table(rows: list[dict[str, Any]]) -> Table:
     """Versions of a registered model: aliases, gate result, accuracy and the MLflow run."""
-    t = table(("version", {"justify": "right"}), "aliases", "gate", "accuracy", "run")
+    t = table(("version", {"justify": "right", "no_wrap": True}), "aliases", ("gate", {"no_wrap": True}),
+              ("accuracy", {"no_wrap": True}), "run")
     for r in rows:
         t.add_row(r["version"], ", ".join(r["aliases"]), r["tags"].get("aimass.gate", ""), r["tags"].get("metric.accuracy", ""),
                   r["run_id"] or "")

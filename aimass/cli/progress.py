@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
@@ -49,13 +50,14 @@ def summary_table(state: RunState) -> Table:
     from aimass.cli.common import table
 
     show_type = any(st.name != st.type for st in state.steps.values())
-    cols: list = ["step", *(["type"] if show_type else []), "status", "cached", ("tries", {"justify": "right"}),
-                  ("time", {"justify": "right"}), ("result", {"ratio": 1})]
+    short = {"no_wrap": True}  # short cells stay whole; the result column folds
+    cols: list = ["step", *(["type"] if show_type else []), ("status", short), ("cached", short),
+                  ("tries", {"justify": "right", **short}), ("time", {"justify": "right", **short}), "result"]
     t = table(*cols, title=f"run {state.run_id} · {state.pipeline} · [{_STYLE.get(state.status, '')}]{state.status}[/]")
     for st in state.steps.values():
         result = headline_metrics(st.outputs) if st.status == SUCCEEDED else (st.error or {}).get("message", "")
         t.add_row(st.name, *([st.type] if show_type else []), f"[{_STYLE.get(st.status, '')}]{st.status}[/]",
-                  "yes" if st.cached else "", str(st.attempts), _fmt_s(st.duration_s), result)
+                  "yes" if st.cached else "", str(st.attempts), _fmt_s(st.duration_s), escape(result or ""))
     return t
 
 

@@ -6,6 +6,7 @@ import time
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, err_console, fail, table
@@ -150,13 +151,15 @@ def list_cmd(
 
 
 def runs_table(rows: list[dict[str, Any]]) -> Table:
-    """Runs, one per row: id, pipeline, where it runs, state, start, duration and its last message."""
-    t = table("run", "pipeline", "where", "state", "started", ("duration", {"justify": "right"}),
-              ("message", {"ratio": 1}))
+    """Runs, one per row, laid out for 80 columns: the id (whole, to copy) over its pipeline and where it runs,
+    the state over its duration, the start time, and the last message, which folds."""
+    t = table(("run", {"no_wrap": True}), ("state", {"no_wrap": True}), ("started", {"no_wrap": True}), "message")
     for r in rows:
         msg = r.get("message") or ""
-        t.add_row(r["run_id"], r["pipeline"], r["where"], _state(r["state"]), _fmt_time(r["started_at"]),
-                  _fmt_duration(r["started_at"], r["finished_at"]), msg if len(msg) <= 200 else msg[:197] + "...")
+        started = time.strftime("%m-%d %H:%M", time.localtime(r["started_at"])) if r.get("started_at") else ""
+        t.add_row(f"{r['run_id']}\n[dim]{escape(str(r['pipeline']))} · {escape(str(r['where']))}[/]",
+                  f"{_state(r['state'])}\n[dim]{_fmt_duration(r['started_at'], r['finished_at'])}[/]", started,
+                  escape(msg if len(msg) <= 200 else msg[:197] + "..."))
     return t
 
 
@@ -233,13 +236,17 @@ def _show_local(run: Any, output: Output) -> None:
 
 
 def local_run_table(run: Any) -> Table:
-    """The steps of a local run: state, cache hit, duration, outputs and each step's MLflow run."""
-    t = table("step", "state", "cached", ("time", {"justify": "right"}), ("outputs", {"ratio": 1}),
-              "MLflow run")
+    """The steps of a local run: state, cache hit, duration, and the headline outputs (which fold) over the
+    step's MLflow run id (whole, to copy)."""
+    from aimass.cli.progress import headline_metrics
+
+    short = {"no_wrap": True}
+    t = table("step", ("state", short), ("cached", short), ("time", {"justify": "right", **short}), "outputs · MLflow run")
     for name, s in run.steps.items():
-        outs = ", ".join(f"{k}={v}" for k, v in s.outputs.items())
+        outs = headline_metrics(s.outputs) or ", ".join(f"{k}={v}" for k, v in s.outputs.items())
+        outs = outs if len(outs) <= 300 else outs[:297] + "..."
         t.add_row(name, _state(s.status), "yes" if s.cached else "", f"{s.duration_s:.1f}s" if s.duration_s else "",
-                  outs if len(outs) <= 200 else outs[:197] + "...", s.mlflow_run_id or "")
+                  escape(outs) + (f"\n[dim]{s.mlflow_run_id}[/]" if s.mlflow_run_id else ""))
     return t
 
 

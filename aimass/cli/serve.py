@@ -157,19 +157,20 @@ def app_tables(st: dict[str, Any]) -> list[Table]:
     from aimass.cli.common import table
 
     out = []
-    t = table("model", "kind", "registered", "version", "canary", "share")
+    t = table("model", "kind", "registered", ("version", {"no_wrap": True}), ("canary", {"no_wrap": True}),
+              ("share", {"no_wrap": True}))
     for m in st["models"]:
         t.add_row(m["name"], m["kind"], m["registered"], m["version"], m.get("challenger") or "",
                   "" if m.get("canary_share") is None else f"{m['canary_share']:.0%}")
     out.append(t)
     if st.get("deployments"):
-        d = table("deployment", "status", ("replicas", {"ratio": 1}))
+        d = table("deployment", ("status", {"no_wrap": True}), "replicas")
         for n, info in sorted(st["deployments"].items()):
             d.add_row(n, info["status"], ", ".join(f"{k}: {v}" for k, v in info["replicas"].items()))
         out.append(d)
     events = st.get("events") or []
     if events:
-        e = table("time", "event", ("details", {"ratio": 1}))
+        e = table(("time", {"no_wrap": True}), "event", "details")
         for ev in events[-8:]:
             details = {k: v for k, v in ev.items() if k not in ("at", "event")}
             text = json.dumps(details, default=str)
@@ -252,8 +253,8 @@ def predictions_table(model_name: str, version: str | None, preds: list[dict[str
 
     k = max((len(p["top"]) for p in preds), default=0)
     head = "all classes" if show_all else f"top {k}"
-    t = table(("row", {"justify": "right"}), ("predicted", {"style": "bold green"}),
-              ("p", {"justify": "right"}), (head, {"ratio": 1}),
+    t = table(("row", {"justify": "right", "no_wrap": True}), ("predicted", {"style": "bold green"}),
+              ("p", {"justify": "right", "no_wrap": True}), head,
               title=f"{model_name} v{version}" if version else model_name)
     for r, p in enumerate(preds):
         t.add_row(str(r), p["class"], f"{p['probability']:.3f}", "  ".join(f"{c['class']}: {c['probability']:.3f}" for c in p["top"]))

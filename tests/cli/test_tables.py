@@ -17,6 +17,13 @@ LONG_ERR = ("train failed: RayTaskError(ValueError): the dataset 'builtin:digits
             "expects 784; check config.inputShape")
 
 
+def cells_of(table) -> list[str]:
+    """The plain text of every body cell of a rich table (markup removed)."""
+    from rich.text import Text
+
+    return [Text.from_markup(c).plain if isinstance(c, str) else c.plain for col in table.columns for c in col._cells]
+
+
 def quickstart_state(repo_root):
     from aimass.orchestrator.state import RunState, StepState
 
@@ -80,7 +87,7 @@ def test_serving_status_tables():
           "events": [{"at": time.time(), "event": "rollout_started", "model": "digits", "version": "13",
                       "reason": "a new version was registered and the gate passed " * 2}]}
     for table in app_tables(st):
-        cells = [c for row in zip(*(col._cells for col in table.columns)) for c in row if isinstance(c, str)]
+        cells = cells_of(table)
         for w in WIDTHS:
             assert_not_cut(render(table, w), w, cells)
 
@@ -99,9 +106,11 @@ def test_models_and_runs_tables():
                      "state": "FAILED", "started_at": now - 300, "finished_at": now, "message": LONG_ERR}]),
     ]
     for table in tables:
-        cells = [c for row in zip(*(col._cells for col in table.columns)) for c in row if isinstance(c, str) and "[" not in c]
+        cells = cells_of(table)
         for w in WIDTHS:
             assert_not_cut(render(table, w), w, cells)
+    for w in WIDTHS:  # ids people copy stay on one line
+        assert any("20261203-172000-abc123" in ln for ln in render(tables[2], w).splitlines())
 
 
 def test_local_run_table(repo_root):
@@ -111,9 +120,11 @@ def test_local_run_table(repo_root):
     for s in st.steps.values():
         s.mlflow_run_id = "e" * 32
     table = local_run_table(st)
-    cells = [c for row in zip(*(col._cells for col in table.columns)) for c in row if isinstance(c, str) and "[" not in c]
+    cells = cells_of(table)
     for w in WIDTHS:
-        assert_not_cut(render(table, w), w, cells)
+        text = render(table, w)
+        assert_not_cut(text, w, cells)
+        assert any("e" * 32 in ln for ln in text.splitlines())
 
 
 def test_doctor_lines():
