@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
-from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, fail
+from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, fail, table
 from aimass.exceptions import AimassError
 
 __all__ = ["register"]
@@ -27,10 +29,7 @@ def list_models(output: Output = OUTPUT_OPTION) -> None:
     if output == Output.json:
         emit_json(rows)
         return
-    t = Table("name", "description")
-    for r in rows:
-        t.add_row(r["name"], r["description"])
-    console.print(t)
+    console.print(zoo_table(rows))
 
 
 @models_app.command("versions")
@@ -54,11 +53,25 @@ def versions(name: str = typer.Argument(..., help="Registered model name."), out
     if output == Output.json:
         emit_json(rows)
         return
-    t = Table("version", "aliases", "gate", "accuracy", "run")
+    console.print(versions_table(rows))
+
+
+def zoo_table(rows: list[dict[str, Any]]) -> Table:
+    """The model zoo: one row per model with its description."""
+    t = table(("name", {"no_wrap": True}), "description")
+    for r in rows:
+        t.add_row(r["name"], r["description"])
+    return t
+
+
+def versions_table(rows: list[dict[str, Any]]) -> Table:
+    """Versions of a registered model: aliases, gate result, accuracy and the MLflow run."""
+    t = table(("version", {"justify": "right", "no_wrap": True}), "aliases", ("gate", {"no_wrap": True}),
+              ("accuracy", {"no_wrap": True}), "run")
     for r in rows:
         t.add_row(r["version"], ", ".join(r["aliases"]), r["tags"].get("aimass.gate", ""), r["tags"].get("metric.accuracy", ""),
                   r["run_id"] or "")
-    console.print(t)
+    return t
 
 
 def register(app: typer.Typer) -> None:
