@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aimass import __version__
 
-__all__ = ["IMAGE_REPOSITORY", "DEFAULT_IMAGE", "default_image"]
+__all__ = ["DEFAULT_IMAGE", "IMAGE_REPOSITORY", "default_image"]
 
 #: Registry and repository of the published image (the chart's ``image.repository``).
 IMAGE_REPOSITORY = "ghcr.io/aimass/aimass"

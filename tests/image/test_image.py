@@ -52,8 +52,8 @@ def test_aimass_help_and_validate_as_uid_1000_read_only(image):
                   binds={"pipelines": REPO / "pipelines"})
     assert "quickstart" in p.stdout + p.stderr
     # Bad input is still reported (not a crash): a step type that does not exist.
-    p = image.run(["sh", "-c", "sed 's/type: train/type: trian/' pipelines/quickstart.yaml > bad.yaml && "
-                               "aimass pipeline validate bad.yaml"],
+    bad = "sed 's/type: train/type: trian/' pipelines/quickstart.yaml > bad.yaml && aimass pipeline validate bad.yaml"
+    p = image.run(["sh", "-c", bad],
                   binds={"pipelines": REPO / "pipelines"}, check=False)
     assert p.returncode != 0 and "trian" in p.stdout + p.stderr
 

@@ -25,7 +25,7 @@ def test_chart_uses_the_image_repository_and_version():
 def test_samples_and_docs_name_the_default_image():
     lines = []
     for f in sorted((REPO / "k8s").glob("*.yaml")):
-        lines += [(f.name, m.group(1)) for m in re.finditer(r"^\s*image:\s*(\S+)", f.read_text(), re.M)]
+        lines += [(f.name, m.group(1)) for m in re.finditer(r"^\s*image:\s*(\S+)", f.read_text(), re.MULTILINE)]
     assert lines, "the k8s/ samples have no image lines"
     assert {img for _, img in lines} == {DEFAULT_IMAGE}, lines
     install = (REPO / "docs/install.md").read_text()
