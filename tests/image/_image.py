@@ -34,6 +34,21 @@ def missing_tools() -> list[str]:
     return [t for t in TOOLS if shutil.which(t) is None]
 
 
+def require_tools() -> None:
+    """Skip (or, with AIMASS_IMAGE_TEST=require as in CI, fail) when root or a tool is missing."""
+    import pytest
+
+    why = []
+    if os.geteuid() != 0:
+        why.append("root (mount namespaces, chroot)")
+    why += missing_tools()
+    if why:
+        msg = "image test needs: " + ", ".join(why) + " (apt-get install -y buildah mmdebstrap util-linux)"
+        if os.environ.get("AIMASS_IMAGE_TEST") == "require":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
 def buildah_cmd(*args: str) -> list[str]:
     """A buildah command line on the test's own storage (vfs driver, under CACHE)."""
     return ["buildah", "--root", str(CACHE / "storage"), "--runroot", str(CACHE / "runroot"),

@@ -32,8 +32,8 @@ from _image import (
     ensure_base,
     ensure_wheelhouse,
     make_context,
-    missing_tools,
     open_image,
+    require_tools,
     sh,
 )
 
@@ -46,22 +46,10 @@ PLANTED = {
 }
 
 
-def _require() -> None:
-    why = []
-    if os.geteuid() != 0:
-        why.append("root (mount namespaces, chroot)")
-    why += missing_tools()
-    if why:
-        msg = "image test needs: " + ", ".join(why) + " (apt-get install -y buildah mmdebstrap util-linux)"
-        if os.environ.get("AIMASS_IMAGE_TEST") == "require":
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
 @pytest.fixture(scope="session")
 def built() -> dict:
     """Build the base, the wheelhouse and the image once; returns timings and the build log."""
-    _require()
+    require_tools()
     CACHE.mkdir(parents=True, exist_ok=True)
     report: dict = {"cache": str(CACHE)}
     report["base_s"] = round(ensure_base(), 1)

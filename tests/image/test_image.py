@@ -136,7 +136,7 @@ def test_quickstart_data_and_train_on_a_ray_head_in_the_container(image, tmp_pat
     (spec_dir / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     script = (
         "set -e; "
-        "ray start --head --port 6379 --num-cpus 4 --include-dashboard=false --disable-usage-stats >/tmp/head.log 2>&1 "
+        "ray start --head --port 6379 --node-ip-address 127.0.0.1 --num-cpus 4 --include-dashboard=false --disable-usage-stats >/tmp/head.log 2>&1 "
         "|| { cat /tmp/head.log; exit 1; }; "
         "aimass run spec/pipeline.yaml --ray-address 127.0.0.1:6379 -o json > /tmp/run.json; rc=$?; "
         "cat /tmp/run.json; ray stop --force >/dev/null 2>&1 || true; exit $rc"
