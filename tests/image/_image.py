@@ -143,6 +143,9 @@ class Image:
             'R="$1"; shift',
             "mount --make-rprivate /",
             "ip link set lo up 2>/dev/null || true",
+            "hostname localhost",
+            # What a container runtime provides: /etc/hosts (in the working container, not the image).
+            '[ -s "$R/etc/hosts" ] || printf "127.0.0.1 localhost\\n::1 localhost\\n" > "$R/etc/hosts"',
             'mount --bind "$R" "$R"',
             'mount -o remount,bind,ro "$R"',
             'mount -t proc proc "$R/proc"',
