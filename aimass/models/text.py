@@ -25,6 +25,7 @@ TOKENIZER_DIR = "tokenizer"
 MAX_TEXT_CHARS = 100_000  # a longer text is refused (tokenising it would only be truncated anyway)
 # Files a tokenizer directory may hold: data only, never pickles.
 _TOKENIZER_SUFFIXES = {".json", ".txt", ".model", ".jinja"}
+_PICKLE_SUFFIXES = {".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt"}
 
 
 def hf_config(config: dict[str, Any], num_labels: int):
@@ -57,7 +58,7 @@ def load_tokenizer(directory: str | Path):
                                   fix="Save the tokenizer beside the weights (tokenizer.json or vocab.txt + tokenizer_config.json), "
                                       "e.g. tokenizer.save_pretrained(DIR); aimass writes it to <model>/tokenizer/.")
     for p in d.iterdir():
-        if p.is_file() and p.suffix not in _TOKENIZER_SUFFIXES:
+        if p.is_file() and p.suffix in _PICKLE_SUFFIXES:
             raise InvalidRequestError(f"tokenizer directory holds {p.name!r}, which is not a data file", got=p.name,
                                       fix="A tokenizer is loaded from JSON/vocabulary files only; remove pickled files.")
     try:

@@ -242,6 +242,11 @@ def _load_hf(model, source: Source) -> dict[str, Any]:
         raise SpecError("the transformers directory has no .safetensors weights (pickled .bin weights are never loaded)",
                         got=sorted(p.name for p in source.path.iterdir())[:20],
                         fix="Convert the weights to safetensors (model.save_pretrained(DIR, safe_serialization=True)).")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the new head as "missing": expected here
+    hf_logging.disable_progress_bar()
     try:
         pre = AutoModelForSequenceClassification.from_pretrained(
             str(source.path), config=model.backbone.config, local_files_only=True, trust_remote_code=False,
@@ -249,9 +254,11 @@ def _load_hf(model, source: Source) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         raise SpecError(f"could not load pretrained weights: {str(exc).splitlines()[0][:300]}", got=source.uri,
                         fix="init.from must be a transformers encoder saved with save_pretrained().") from None
-    missing = [k for k in model.backbone.state_dict() if k not in pre.state_dict()]
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     model.backbone.load_state_dict(pre.state_dict(), strict=True)
-    return {"loaded_tensors": len(pre.state_dict()) - len(missing), "new_head": True}
+    return {"loaded_tensors": len(pre.state_dict()), "new_head": True}
 
 
 # -- what trains -----------------------------------------------------------------------------------
