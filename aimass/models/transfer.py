@@ -137,7 +137,7 @@ def _load_from(model: nn.Module, state: dict[str, torch.Tensor], *, new_head: bo
             fresh.append(k)
             continue
         if k not in state:
-            if k.endswith("position_ids") or k.endswith(("feature_mean", "feature_scale")):
+            if k.endswith(("position_ids", "feature_mean", "feature_scale")):
                 continue
             raise SpecError(f"init.from {what} has no tensor {k!r} that the model needs", got=k,
                             fix="Initialise from a model of the same architecture (same model and modelArgs).")
@@ -273,9 +273,9 @@ def _blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.ModuleList, nn.Sequential)) and len(mod) > 1:
             types = {type(m) for m in mod}
-            if len(types) == 1 and not isinstance(next(iter(mod)), (nn.Linear, nn.ReLU, nn.Dropout)):
-                if best is None or len(mod) > len(best[1]):
-                    best = (name, mod)
+            if len(types) == 1 and not isinstance(next(iter(mod)), (nn.Linear, nn.ReLU, nn.Dropout)) and (
+                    best is None or len(mod) > len(best[1])):
+                best = (name, mod)
     return best
 
 

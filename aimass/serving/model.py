@@ -26,7 +26,7 @@ from aimass.exceptions import InvalidRequestError, NotFoundError, ServingError
 from aimass.serving.batching import RowBatcher
 from aimass.serving.protocol import Signature, signature_from_mlflow
 
-__all__ = ["ModelServer", "MultiModelServer", "LoadedModel", "load_registered", "raw_signature"]
+__all__ = ["LoadedModel", "ModelServer", "MultiModelServer", "load_registered", "raw_signature"]
 
 log = logging.getLogger("aimass.serving")
 

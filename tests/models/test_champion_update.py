@@ -51,5 +51,5 @@ def test_finetuning_the_champion_starts_at_its_loss(local_ray):
     assert run.tags["aimass.init.version"] == version and run.tags["aimass.init.source"] == "models:/champ-update@champion"
     assert run.metrics["initial_val_loss"] == pytest.approx(champion_val_loss, abs=1e-4)
     new_version = second.steps["register"].outputs["model_version"]["version"]
-    mv = [v for v in tracker.model_versions("champ-update") if v["version"] == new_version][0]
+    mv = next(v for v in tracker.model_versions("champ-update") if v["version"] == new_version)
     assert mv["tags"]["aimass.init.version"] == version  # the registry links the new version to the one it started from

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from aimass.models import ModelCard
 from aimass.models.transfer import init_model, resolve_source, trainable_parameters
 from aimass.training.loop import SplitData, evaluate_arrays
-from tests.models._support import NEG_TRAIN, NEG_VAL, POS_TRAIN, POS_VAL, fit, minilm_dir, sentiment
+from tests.models._support import (
+    NEG_TRAIN,
+    NEG_VAL,
+    POS_TRAIN,
+    POS_VAL,
+    fit,
+    minilm_dir,
+    sentiment,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +88,6 @@ def test_initialised_from_the_registered_champion_starts_at_its_loss(tmp_path, t
     """Train a small text model, register it as champion in MLflow, start a new model from models:/NAME@champion."""
     from aimass.models.io import save_model
     from aimass.tracking import Tracker
-
     from tests.models.test_transfer import TINY
 
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ def test_text_signature_declares_bytes_and_the_replica_tokenises(text_lm):
     sig = text_lm.signature.to_dict()
     assert sig["inputs"] == [{"name": "input", "datatype": "BYTES", "shape": [-1]}]
     assert sig["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]
-    rows = np.array([b"what a lovely film", "the plot was dull".encode()], dtype=object)
+    rows = np.array([b"what a lovely film", b"the plot was dull"], dtype=object)
     got = text_lm.predict(rows)
     want = text_lm.model.predict_proba(["what a lovely film", "the plot was dull"]).numpy()
     assert got.dtype == np.float32 and np.allclose(got, want, atol=1e-6)

@@ -12,7 +12,13 @@ import torch
 from aimass.exceptions import InvalidRequestError, NotFoundError, SpecError
 from aimass.models import ModelCard
 from aimass.models.io import load_model, save_model
-from aimass.models.transfer import apply_freeze, init_model, param_groups, resolve_source, trainable_parameters
+from aimass.models.transfer import (
+    apply_freeze,
+    init_model,
+    param_groups,
+    resolve_source,
+    trainable_parameters,
+)
 from aimass.training.loop import SplitData, evaluate_arrays
 from tests.models._support import minilm_dir
 
