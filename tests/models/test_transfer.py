@@ -42,7 +42,7 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture
 def tiny(tokenizer_dir):
     torch.manual_seed(0)
-    model, card, _ = init_model(text_card(tokenizer=str(tokenizer_dir)), None)
+    model, _, _ = init_model(text_card(tokenizer=str(tokenizer_dir)), None)
     return model
 
 
