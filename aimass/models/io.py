@@ -1,4 +1,5 @@
-"""Save and load zoo models as data only: a JSON card plus safetensors (or a weights_only state dict).
+"""Save and load zoo models as data only: a JSON card plus safetensors (or a weights_only state dict),
+and for text models the tokenizer's JSON/vocabulary files in ``tokenizer/``.
 
 Never a pickled object: loading runs no code from the artifact, so a replaced file cannot execute
 anything. This is the one format used by checkpoints, the registry and serving.
@@ -14,7 +15,7 @@ from typing import Literal
 from aimass.exceptions import InvalidRequestError
 from aimass.models.registry import ModelCard, build_model
 
-__all__ = ["CARD_FILE", "save_model", "load_model", "load_card", "WEIGHT_FILES"]
+__all__ = ["CARD_FILE", "WEIGHT_FILES", "load_card", "load_model", "save_model"]
 
 CARD_FILE = "card.json"
 WEIGHT_FILES = {"safetensors": "weights.safetensors", "state_dict": "weights.pt"}
@@ -33,6 +34,8 @@ def save_model(model, directory: str | Path, fmt: Literal["safetensors", "state_
         save_file(state, str(d / WEIGHT_FILES["safetensors"]))
     else:
         torch.save(state, d / WEIGHT_FILES["state_dict"])
+    if hasattr(model, "save_assets"):  # a text model's tokenizer, beside the weights
+        model.save_assets(d)
     (d / CARD_FILE).write_text(json.dumps(model.card.to_dict(), indent=2))
     return d
 
@@ -51,7 +54,7 @@ def load_model(directory: str | Path, device: str = "cpu"):
 
     d = Path(directory)
     card = load_card(d)
-    model = build_model(card)
+    model = build_model(card, assets=d)
     st, pt = d / WEIGHT_FILES["safetensors"], d / WEIGHT_FILES["state_dict"]
     if st.is_file():
         from safetensors.torch import load_file

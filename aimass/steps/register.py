@@ -68,6 +68,9 @@ class RegisterStep(Step):
                                       input_name=card.input_name, output_name=card.output_name)
         tags = {"aimass.pipeline": ctx.pipeline, "aimass.run_id": ctx.run_id, **config.tags}
         tags.update({f"metric.{k}": f"{v:.6g}" for k, v in metrics.items() if isinstance(v, (int, float))})
+        # lineage: the version a fine-tuned model started from (train.init.from)
+        tags.update({f"aimass.init.{k}": str(v) for k, v in (getattr(card, "lineage", None) or {}).items()
+                     if k in ("source", "model", "version") and v is not None})
         version = tracker.register(model_uri, config.model_name, run_id=ctx.mlflow_run_id, tags=tags, description=config.description)
         tracker.set_alias(config.model_name, config.challenger_alias, version)
 
