@@ -48,6 +48,10 @@ class ModelCard:
     feature_scale: list[float] | None = None
     input_name: str = "input"
     output_name: str = "probabilities"
+    # Set by the compress step, e.g. {"quantize": "dynamic_int8"}: structure re-applied before the weights load.
+    compression: dict[str, Any] | None = None
+    # "torch" (weights + card) or "onnxruntime" (model.onnx + card, see aimass.compress.onnx).
+    runtime: str = "torch"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
