@@ -24,13 +24,15 @@ WEIGHT_FILES = {"safetensors": "weights.safetensors", "state_dict": "weights.pt"
 def save_model(model, directory: str | Path, fmt: Literal["safetensors", "state_dict"] = "safetensors") -> Path:
     """Write ``card.json`` and the weights into ``directory``; returns the directory.
 
-    An ONNX model (``card.runtime == "onnxruntime"``) is written as its ``model.onnx``. An int8-quantized
+    An ONNX model (``card.runtime == "onnxruntime"``) is written as its ``model.onnx``, an ensemble as its members. An int8-quantized
     model is always written as a ``weights_only`` state dict: safetensors cannot hold packed int8 weights.
     """
     import torch
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    if getattr(model.card, "runtime", "torch") == "ensemble":
+        return model.save(d)
     if getattr(model.card, "runtime", "torch") == "onnxruntime":
         from aimass.compress.onnx import ONNX_FILE
 
@@ -67,6 +69,10 @@ def load_model(directory: str | Path, device: str = "cpu"):
 
     d = Path(directory)
     card = load_card(d)
+    if card.runtime == "ensemble":
+        from aimass.compress.ensemble import EnsembleModel
+
+        return EnsembleModel.load(d, card, device).to(device)
     if card.runtime == "onnxruntime":
         from aimass.compress.onnx import OnnxModel
 

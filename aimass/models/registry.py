@@ -50,7 +50,7 @@ class ModelCard:
     output_name: str = "probabilities"
     # Set by the compress step, e.g. {"quantize": "dynamic_int8"}: structure re-applied before the weights load.
     compression: dict[str, Any] | None = None
-    # "torch" (weights + card) or "onnxruntime" (model.onnx + card, see aimass.compress.onnx).
+    # "torch" (weights + card), "onnxruntime" (model.onnx + card, see aimass.compress.onnx) or "ensemble" (members).
     runtime: str = "torch"
 
     def to_dict(self) -> dict[str, Any]:

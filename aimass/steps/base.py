@@ -149,6 +149,7 @@ STEPS: dict[str, Any] = {
     "deploy": "aimass.steps.deploy:DeployStep",
     "compress": "aimass.steps.compress:CompressStep",
     "export": "aimass.steps.compress:ExportStep",
+    "ensemble": "aimass.steps.compress:EnsembleStep",
 }
 
 

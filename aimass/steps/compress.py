@@ -13,7 +13,7 @@ from typing import Any
 from aimass.exceptions import SpecError, StepError
 from aimass.steps.base import Step, StepContext
 
-__all__ = ["CompressStep", "ExportStep", "tradeoff_table"]
+__all__ = ["CompressStep", "EnsembleStep", "ExportStep", "tradeoff_table"]
 
 
 def _check_tensor_input(card) -> None:
@@ -168,3 +168,60 @@ class ExportStep(Step):
         return {"model": {"key": key, "root": ctx.store.root_uri, "card": card, "history": model_ref.get("history", []),
                           "parent_key": model_ref["key"]},
                 "export_report": info}
+
+
+class EnsembleStep(Step):
+    type_name = "ensemble"
+    code_modules = ("aimass.compress.ensemble",)
+
+    def run(self, ctx: StepContext, config) -> dict:
+        import tempfile
+
+        from aimass.compress.ensemble import EnsembleModel, check_members, fit_ensemble
+        from aimass.data import open_dataset
+        from aimass.models.io import load_model
+        from aimass.steps.evaluate import classification_metrics
+
+        ds = open_dataset(ctx.inputs["dataset"], store=ctx.store)
+        members, info, names = [], [], []
+        for i, ref in enumerate(ctx.inputs.get("model") or []):
+            src = ctx.store.local_path(ref["key"])
+            if src is None:
+                src = ctx.store.get_dir(ref["key"], Path(tempfile.mkdtemp(prefix="aimass-ens-")))
+            members.append(load_model(src))
+            names.append(ref["key"])
+            info.append({"dir": f"m{i}", "source": "run", "key": ref["key"]})
+        for uri in config.members:
+            pinned = ctx.tracker.resolve_model_uri(uri)
+            d = ctx.tracker.download_model_dir(pinned["uri"], Path(tempfile.mkdtemp(prefix="aimass-ens-")))
+            members.append(load_model(d))
+            names.append(pinned["uri"])
+            info.append({"dir": f"m{len(info)}", "source": "registry", "uri": pinned["uri"], "name": pinned["name"],
+                         "version": pinned["version"]})
+        check_members([m.card for m in members], names)
+        for m in members:
+            _check_tensor_input(m.card)
+        x_val, y_val = ds.split("val")
+        params = fit_ensemble(members, config.method, x_val, y_val, seed=ctx.seed)
+        ens = EnsembleModel.build(members, config.method, params, info)
+        out = ctx.scratch("ensemble")
+        ens.save(out)
+        key = ctx.key("model")
+        ctx.store.put_dir(out, key)
+
+        import torch
+
+        x, y = ds.split(config.split)
+        report: dict[str, Any] = {"members": {}}
+        with torch.no_grad():
+            xt = torch.as_tensor(x)
+            for i, (m, n) in enumerate(zip(members, names)):
+                report["members"][f"m{i}"] = {"source": n, **classification_metrics(y, m.predict_proba(xt).numpy(), ds.class_names)[0]}
+            report["ensemble"] = classification_metrics(y, ens.predict_proba(xt).numpy(), ds.class_names)[0]
+        report["method"], report["params"] = config.method, params
+        ctx.log_params({"method": config.method, "members": names})
+        ctx.log_metrics({**{f"{k}.accuracy": v["accuracy"] for k, v in report["members"].items()},
+                         "ensemble.accuracy": report["ensemble"]["accuracy"], "ensemble.f1_macro": report["ensemble"]["f1_macro"]})
+        ctx.tracker.log_dict(ctx.mlflow_run_id, report, "ensemble_report.json")
+        return {"model": {"key": key, "root": ctx.store.root_uri, "card": ens.card.to_dict(), "history": []},
+                "ensemble_report": report}

@@ -77,3 +77,25 @@ def test_compress_measures_every_candidate_and_the_gate_registers_the_smallest_t
     for name in ("original", "int8", "pruned-50", "onnx"):
         assert f"{name}: accuracy=" in str(err)
     assert "never-registered" not in {m.name for m in tracker.client.search_registered_models()} - before
+
+
+def test_an_ensemble_pipeline_registers_one_model_with_pinned_members(local_ray, repo_root, tmp_path):
+    d = yaml.safe_load((repo_root / "pipelines" / "ensemble.yaml").read_text())
+    d["spec"]["steps"] = [s for s in d["spec"]["steps"] if s["type"] != "deploy"]
+    settings = _settings(tmp_path)
+    st = run_pipeline(parse_pipeline(d, source="ensemble.yaml"), settings)
+    assert st.status == "SUCCEEDED", st.error
+    rep = st.steps["ensemble"].outputs["ensemble_report"]
+    member_keys = [st.steps[n].outputs["model"]["key"] for n in ("linear", "mlp-small", "mlp-wide")]
+    assert [m["source"] for m in rep["members"].values()] == member_keys  # every dependsOn model, in order
+    assert len(rep["params"]["weights"]) == 3
+    assert rep["ensemble"]["accuracy"] >= min(m["accuracy"] for m in rep["members"].values())
+    assert st.steps["evaluate"].outputs["metrics"]["accuracy"] == pytest.approx(rep["ensemble"]["accuracy"])
+
+    from aimass.models.io import load_model
+
+    tracker = Tracker(settings.tracking_uri)
+    mv = st.steps["register"].outputs["model_version"]
+    model = load_model(tracker.download_model_dir(f"models:/wine-ensemble/{mv['version']}"))
+    assert type(model).__name__ == "EnsembleModel" and len(model.members) == 3
+    assert [m["key"] for m in model.card.args["members"]] == member_keys

@@ -24,6 +24,7 @@ STEP_CONFIGS: dict[str, Any] = {
     "deploy": "aimass.spec.configs.deploy:DeployConfig",
     "compress": "aimass.spec.configs.compress:CompressConfig",
     "export": "aimass.spec.configs.compress:ExportConfig",
+    "ensemble": "aimass.spec.configs.compress:EnsembleConfig",
 }
 
 

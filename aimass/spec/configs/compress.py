@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from aimass.spec.base import StrictModel
 from aimass.spec.configs.base import StepConfig
 
-__all__ = ["CompressConfig", "ExportConfig", "QuantizeMethod", "PruneMethod", "OnnxMethod", "ParityConfig", "MeasureConfig"]
+__all__ = ["CompressConfig", "EnsembleConfig", "ExportConfig", "QuantizeMethod", "PruneMethod", "OnnxMethod", "ParityConfig", "MeasureConfig"]
 
 
 class ParityConfig(StrictModel):
@@ -94,3 +94,25 @@ class ExportConfig(StepConfig):
     opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
     split: Literal["test", "val"] = Field("test", description="Held-out rows of the parity check.")
     parity: ParityConfig = Field(default_factory=ParityConfig, description="Thresholds of the parity check.")
+
+
+class EnsembleConfig(StepConfig):
+    """Combines the models of every dependsOn step that produces a ``model`` (and registry models in ``members``)
+    into one model, registered and served as one endpoint. Members must take the same input and predict the same
+    classes. Produces ``model`` and ``ensemble_report`` (each member's and the ensemble's metrics on ``split``)."""
+
+    INPUTS = {"dataset": True, "model": "many"}
+    OUTPUTS = ("model", "ensemble_report")
+
+    method: Literal["soft", "hard", "weighted", "stacking"] = Field(
+        "soft", description="soft: mean probability; hard: vote share; weighted: weights fitted on val; stacking: logistic regression on val.")
+    members: list[str] = Field(default_factory=list, max_length=20,
+                               description="Registry models to add (models:/name/3 or models:/name@alias; pinned to the version found).")
+    split: Literal["test", "val"] = Field("test", description="Split the report compares the members and the ensemble on.")
+
+    @model_validator(mode="after")
+    def _uris(self) -> "EnsembleConfig":
+        bad = [m for m in self.members if not m.startswith("models:/")]
+        if bad:
+            raise ValueError(f"members must be registry URIs (models:/name/version or models:/name@alias), got {bad}")
+        return self
