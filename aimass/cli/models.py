@@ -88,7 +88,7 @@ def promote(name: str = typer.Argument(..., help="Registered model name."),
     try:
         if alias in GATED_ALIASES and not force:
             raise InvalidRequestError(f"{alias!r} moves only through the register gate", got=f"{name} v{version}",
-                                      fix=f"Re-run the pipeline's register step, or pass --force --reason \"...\" to move it by hand.")
+                                      fix="Re-run the pipeline's register step, or pass --force --reason \"...\" to move it by hand.")
         if force and not reason.strip():
             raise InvalidRequestError("--force needs a --reason, which is recorded on the version", got="--reason ''",
                                       fix='Add --reason "why this version must serve now".')

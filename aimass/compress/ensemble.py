@@ -32,7 +32,7 @@ def check_members(cards: list[Any], names: list[str]) -> None:
         raise SpecError("an ensemble needs at least two members", got=names,
                         fix="Add train steps to dependsOn, or registry models to `members`.")
     first = cards[0]
-    for c, n in zip(cards[1:], names[1:]):
+    for c, n in zip(cards[1:], names[1:], strict=False):
         if list(c.input_shape) != list(first.input_shape):
             raise SpecError(f"ensemble members take different inputs: {names[0]} {list(first.input_shape)} vs {n} "
                             f"{list(c.input_shape)}", fix="Ensemble models trained on the same data set.")
@@ -135,7 +135,7 @@ class EnsembleModel:
         from aimass.models.io import CARD_FILE, save_model
 
         d = Path(directory)
-        for m, info in zip(self.members, self.member_info):
+        for m, info in zip(self.members, self.member_info, strict=False):
             save_model(m, d / MEMBERS_DIR / info["dir"])
         (d / CARD_FILE).write_text(json.dumps(self.card.to_dict(), indent=2))
         return d

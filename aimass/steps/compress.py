@@ -215,7 +215,7 @@ class EnsembleStep(Step):
         report: dict[str, Any] = {"members": {}}
         with torch.no_grad():
             xt = torch.as_tensor(x)
-            for i, (m, n) in enumerate(zip(members, names)):
+            for i, (m, n) in enumerate(zip(members, names, strict=False)):
                 report["members"][f"m{i}"] = {"source": n, **classification_metrics(y, m.predict_proba(xt).numpy(), ds.class_names)[0]}
             report["ensemble"] = classification_metrics(y, ens.predict_proba(xt).numpy(), ds.class_names)[0]
         report["method"], report["params"] = config.method, params

@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from aimass.compress import (Candidate, check_parity, directory_size_mb, export_onnx, measure_candidate, prune_magnitude,
-                             quantize_dynamic_int8, quantized_modules, select_candidate, sparsity)
+from aimass.compress import (
+    Candidate,
+    check_parity,
+    directory_size_mb,
+    export_onnx,
+    measure_candidate,
+    prune_magnitude,
+    quantize_dynamic_int8,
+    quantized_modules,
+    select_candidate,
+    sparsity,
+)
 from aimass.exceptions import SpecError, StepError
 from aimass.models import ModelCard, build_model
 from aimass.models.io import CARD_FILE, load_model, save_model

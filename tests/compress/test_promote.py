@@ -22,7 +22,7 @@ def registry(tmp_path, monkeypatch):
     save_model(build_model(ModelCard(name="logreg", input_shape=[3], num_classes=2)), d)
     for _ in range(2):
         run = t.start_run(exp, "r")
-        v = t.register(t.log_model(run, d, [3], 2), "pm", run_id=run)
+        t.register(t.log_model(run, d, [3], 2), "pm", run_id=run)
         t.end_run(run)
     t.set_alias("pm", "champion", "1")
     return t

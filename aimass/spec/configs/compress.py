@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -43,7 +43,7 @@ class OnnxMethod(StrictModel):
     name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Candidate name (default onnx).")
 
 
-Method = Annotated[Union[QuantizeMethod, PruneMethod, OnnxMethod], Field(discriminator="type")]
+Method = Annotated[QuantizeMethod | PruneMethod | OnnxMethod, Field(discriminator="type")]
 
 
 class MeasureConfig(StrictModel):
