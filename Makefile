@@ -30,6 +30,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# ruff's rules and the ones left out (with why) are in pyproject.toml; CI runs this before the tests.
+lint: setup
+	$(PY) -m ruff check .
+
 bench: setup
 	$(PY) benchmarks/train_overhead.py
 	$(PY) benchmarks/orchestration.py
