@@ -199,6 +199,22 @@ class Tracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._call("log text", lambda: self.client.log_text(run_id, text, artifact_file))
 
+    def log_table(self, run_id: str, data: Mapping[str, list], artifact_file: str) -> None:
+        """A table (column name -> values) shown in the MLflow UI's artifact view (``artifact_file`` ends in .json)."""
+        self._call("log table", lambda: self.client.log_table(run_id, dict(data), artifact_file))
+
+    def log_dataset_input(self, run_id: str, *, name: str, digest: str, source: str, source_type: str = "aimass",
+                          context: str = "training", schema: Mapping[str, Any] | None = None,
+                          profile: Mapping[str, Any] | None = None) -> None:
+        """Record a dataset as an input of the run (the MLflow UI's Dataset column): name, source and digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest[:36], source_type=source_type, source=json.dumps({"uri": source}),
+                     schema=json.dumps(schema) if schema is not None else None,
+                     profile=json.dumps(profile) if profile is not None else None)
+        inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])
+        self._call("log dataset input", lambda: self.client.log_inputs(run_id, datasets=[inp]))
+
     def get_run(self, run_id: str) -> RunInfo:
         r = self._call("get run", lambda: self.client.get_run(run_id))
         return _info(r)
