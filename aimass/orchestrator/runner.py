@@ -108,7 +108,8 @@ class Orchestrator:
 
     def _cache_key(self, state: RunState, name: str) -> str:
         s = self.spec.step(name)
-        inputs = {k: f"{state.steps[up].cache_key}:{out}" for k, (up, out) in self.wiring[name].items()}
+        inputs = {k: (",".join(f"{state.steps[u].cache_key}:{o}" for u, o in w) if isinstance(w, list)
+                      else f"{state.steps[w[0]].cache_key}:{w[1]}") for k, w in self.wiring[name].items()}
         return cache.cache_key(step_type=s.type, config=s.parsed_config.dump(), inputs=inputs,
                                code_version=self._code_version(s.type), seed=self.spec.spec.seed)
 
@@ -263,7 +264,8 @@ class Orchestrator:
 
     def _ctx(self, state: RunState, st: StepState) -> StepContext:
         s = self.spec.step(st.name)
-        inputs = {k: state.steps[up].outputs.get(out) for k, (up, out) in self.wiring[st.name].items()}
+        inputs = {k: ([state.steps[u].outputs.get(o) for u, o in w] if isinstance(w, list) else state.steps[w[0]].outputs.get(w[1]))
+                  for k, w in self.wiring[st.name].items()}
         return StepContext(
             run_id=state.run_id, pipeline=self.spec.name, step_name=st.name, step_type=st.type, inputs=inputs,
             artifact_root=self.store.root_uri, prefix=f"runs/{state.run_id}/steps/{st.name}",

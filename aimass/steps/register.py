@@ -11,7 +11,7 @@ import numpy as np
 
 from aimass.steps.base import Step, StepContext
 
-__all__ = ["RegisterStep", "gate_decision", "version_description"]
+__all__ = ["RegisterStep", "choose_candidate", "gate_decision", "version_description"]
 
 
 def gate_decision(gate, metrics: dict[str, float], champion_metrics: dict[str, float] | None) -> tuple[bool, list[str]]:
@@ -46,6 +46,26 @@ def gate_decision(gate, metrics: dict[str, float], champion_metrics: dict[str, f
     return ok, reasons
 
 
+def choose_candidate(ctx: StepContext, gate, candidates: list[dict[str, Any]]):
+    """The gate's choice among compress candidates; logs every candidate's verdict, fails when none passes."""
+    from aimass.compress import Candidate, select_candidate
+    from aimass.exceptions import StepError
+
+    cands = [Candidate.from_dict(c) for c in candidates]
+    sel = select_candidate(cands, metric=gate.select_metric, mode=gate.mode, max_latency_ms=gate.max_latency_ms,
+                           max_size_mb=gate.max_size_mb, max_metric_drop=gate.max_metric_drop, thresholds=gate.thresholds,
+                           select=gate.select, prefer=gate.prefer)
+    lines = [f"{c.name}: {gate.select_metric}={c.metrics.get(gate.select_metric, float('nan')):.4f} size={c.size_mb:.3f}MB "
+             f"p50={c.latency_p50_ms:.3f}ms -> {'; '.join(sel.reasons[c.name])}" for c in cands]
+    ctx.tracker.log_text(ctx.mlflow_run_id, "\n".join(lines) + "\n", "gate_candidates.txt")
+    if sel.chosen is None:
+        ctx.set_tags({"aimass.gate": "failed", "aimass.gate_reasons": " | ".join(lines)[:5000]})
+        raise StepError("no candidate passes the gate, so nothing was registered:\n  " + "\n  ".join(lines),
+                        fix="Relax maxLatencyMs / maxSizeMb / maxMetricDrop / thresholds, or add compression methods.")
+    ctx.set_tags({"aimass.chosen_candidate": sel.chosen.name})
+    return sel.chosen
+
+
 class RegisterStep(Step):
     type_name = "register"
 
@@ -54,6 +74,15 @@ class RegisterStep(Step):
 
         model_ref: dict[str, Any] = ctx.inputs["model"]
         metrics: dict[str, float] = ctx.inputs.get("metrics") or {}
+        lineage: dict[str, str] = {}
+        if ctx.inputs.get("candidates"):
+            chosen = choose_candidate(ctx, config.gate, ctx.inputs["candidates"])
+            lineage = {"aimass.candidate": chosen.name, "aimass.compression": chosen.method,
+                       "aimass.parent_model_key": model_ref["key"]}
+            model_ref = {**model_ref, "key": chosen.key}
+            metrics = dict(chosen.metrics)
+            metrics.update({"size_mb": chosen.size_mb, "latency_p50_ms": chosen.latency_p50_ms,
+                            "latency_p95_ms": chosen.latency_p95_ms, "throughput_rows_s": chosen.throughput_rows_s})
         src = ctx.store.local_path(model_ref["key"])
         if src is None:
             src = ctx.store.get_dir(model_ref["key"], Path(tempfile.mkdtemp(prefix="aimass-reg-")))
@@ -66,8 +95,11 @@ class RegisterStep(Step):
         tracker = ctx.tracker
         model_uri = tracker.log_model(ctx.mlflow_run_id, out, card.input_shape, card.num_classes, input_example=example,
                                       input_name=card.input_name, output_name=card.output_name)
-        tags = {"aimass.pipeline": ctx.pipeline, "aimass.run_id": ctx.run_id, **config.tags}
+        tags = {"aimass.pipeline": ctx.pipeline, "aimass.run_id": ctx.run_id, **lineage, **config.tags}
         tags.update({f"metric.{k}": f"{v:.6g}" for k, v in metrics.items() if isinstance(v, (int, float))})
+        # lineage: the version a fine-tuned model started from (train.init.from)
+        tags.update({f"aimass.init.{k}": str(v) for k, v in (getattr(card, "lineage", None) or {}).items()
+                     if k in ("source", "model", "version") and v is not None})
         version = tracker.register(model_uri, config.model_name, run_id=ctx.mlflow_run_id, tags=tags, description=config.description)
         tracker.set_alias(config.model_name, config.challenger_alias, version)
 

@@ -292,7 +292,7 @@ def test_cli_predict_and_status(serving_cluster, app):
     assert res.exit_code == 0 and "predicted" in res.output and "zero" in res.output
     res = runner.invoke(cli, ["predict", "digits", "--input", "[[1, 2]]", "--url", serving_cluster.url, "--token-file",
                               str(serving_cluster.home / "serve-token")])
-    assert res.exit_code == 1 and "dimension 1 is 2, the model expects 8" in res.output
+    assert res.exit_code == 1 and "expects input 'input' FP32 [-1, 8] (rows of 8 values); given 1 row of 2 values" in res.output
     res = runner.invoke(cli, ["serving", "status", "e2e", "--output", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["apps"][0]["models"][0]["version"] == "1"
