@@ -86,6 +86,31 @@ def local_ray(_local_cluster, aimass_home):
     ray.shutdown()
 
 
+def _own_backends(mp: pytest.MonkeyPatch, root: Path):
+    """Point this process and the CLI subprocesses it starts at MLflow, artifacts and a step cache under ``root``."""
+    from aimass.settings import Settings
+
+    root.mkdir(parents=True, exist_ok=True)
+    mp.setenv("AIMASS_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.setenv("AIMASS_ARTIFACT_ROOT", str(root / "artifacts"))
+    mp.setenv("AIMASS_MLFLOW_ARTIFACT_LOCATION", str(root / "mlartifacts"))
+    return Settings.load()
+
+
+@pytest.fixture
+def own_settings(tmp_path, monkeypatch):
+    """This test's own MLflow store, artifact root and step cache (on the session's Ray cluster), so that no
+    test reads another's runs, models or cached steps; set in the environment too, for `aimass` subprocesses."""
+    return _own_backends(monkeypatch, tmp_path / "backends")
+
+
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory):
+    """As ``own_settings``, shared by the tests of one module (e.g. a pipeline run once and checked by several tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield _own_backends(mp, tmp_path_factory.mktemp("backends"))
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
