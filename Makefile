@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # `make test-random`: the suite in a shuffled order (pytest-randomly), reproducible with this seed.
 RANDOM_SEED ?= 12345
 
-.PHONY: setup quickstart test test-random test-fast bench lint clean down
+.PHONY: setup quickstart test test-random test-fast bench lint clean down wheelhouse image
 
 setup: $(VENV)/.installed
 
@@ -38,9 +38,24 @@ test-fast: setup
 	@$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
+# ruff's rules and the ones left out (with why) are in pyproject.toml; CI runs this before the tests.
+lint: setup
+	$(PY) -m ruff check .
+
 bench: setup
 	$(PY) benchmarks/train_overhead.py
 	$(PY) benchmarks/orchestration.py
+
+# The container image (docs/install.md, "Build the image"). BUILDER=buildah for daemonless builds.
+IMAGE ?= ghcr.io/aimass/aimass:0.1.0
+BUILDER ?= docker
+VARIANT ?= cpu
+wheelhouse: setup
+	PYTHON=$(PY) docker/build-wheelhouse.sh --variant $(VARIANT)
+
+image: wheelhouse
+	$(BUILDER) build -f Containerfile -t $(IMAGE) --build-arg VARIANT=$(VARIANT) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 down:
 	-$(AIMASS) down

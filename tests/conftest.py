@@ -22,9 +22,9 @@ for var in ("AIMASS_TRACKING_URI", "AIMASS_ARTIFACT_ROOT", "AIMASS_RAY_ADDRESS",
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The session cluster's GCS, dashboard and Serve ports: what the environment says, else free ones (never a
 # fixed port that another session, engineer or CI job on the same machine may hold).
-for _var, _port in zip(("AIMASS_RAY_PORT", "AIMASS_RAY_DASHBOARD_PORT", "AIMASS_SERVE_PORT"),
-                       distinct_free_ports(3, {int(v) for k in ("AIMASS_RAY_PORT", "AIMASS_RAY_DASHBOARD_PORT",
-                                                                   "AIMASS_SERVE_PORT") if (v := os.environ.get(k))})):
+_PORT_VARS = ("AIMASS_RAY_PORT", "AIMASS_RAY_DASHBOARD_PORT", "AIMASS_SERVE_PORT")
+_free = distinct_free_ports(len(_PORT_VARS), {int(v) for k in _PORT_VARS if (v := os.environ.get(k))})
+for _var, _port in zip(_PORT_VARS, _free, strict=True):
     os.environ.setdefault(_var, str(_port))
 os.environ.setdefault("TQDM_DISABLE", "1")
 

@@ -4,41 +4,74 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ZooModel", "build_mlp", "build_cnn", "build_logreg"]
+from aimass.models.heads import HeadsMixin
+
+__all__ = ["ZooModel", "build_cnn", "build_logreg", "build_mlp"]
 
 _ACT = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-class ZooModel(nn.Module):
-    """A zoo network behind the common contract: raw features in, logits out; ``predict_proba`` gives probabilities."""
+class ZooModel(HeadsMixin, nn.Module):
+    """A zoo network behind the common contract: raw input in, logits (or ``{head: logits}``) out.
+
+    The input normalisation travels in the state dict as buffers: tensor and table inputs use the
+    data step's ``feature_mean``/``feature_scale``; image inputs arrive as uint8 ``[N,C,H,W]`` and are
+    divided by 255 and normalised per channel with the card's ``preprocess["image"]`` mean/std (on
+    the 0..1 scale). Table models also take the int64 category codes ``c``.
+    """
 
     def __init__(self, net: nn.Module, card) -> None:
         super().__init__()
         self.net = net
         self.card = card
-        n = math.prod(card.input_shape)
-        mean = torch.tensor(card.feature_mean, dtype=torch.float32) if card.feature_mean else torch.zeros(n)
-        scale = torch.tensor(card.feature_scale, dtype=torch.float32) if card.feature_scale else torch.ones(n)
-        self.register_buffer("feature_mean", mean.reshape(card.input_shape))
-        self.register_buffer("feature_scale", scale.reshape(card.input_shape))
+        self.kind = card.input_kind
+        if self.kind == "image":
+            c = int(card.input_shape[0]) if card.input_shape else 1
+            img = (card.preprocess or {}).get("image") or {}
+            mean = img.get("mean") or card.feature_mean or [0.0] * c
+            std = img.get("std") or card.feature_scale or [1.0] * c
+            if max(abs(float(v)) for v in mean) > 1.0:  # statistics on the 0..255 scale: bring them to 0..1
+                mean, std = [float(v) / 255.0 for v in mean], [float(v) / 255.0 for v in std]
+            self.register_buffer("feature_mean", torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1))
+            self.register_buffer("feature_scale", torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1))
+        else:
+            n = math.prod(card.input_shape)
+            mean = torch.tensor(card.feature_mean, dtype=torch.float32) if card.feature_mean else torch.zeros(n)
+            scale = torch.tensor(card.feature_scale, dtype=torch.float32) if card.feature_scale else torch.ones(n)
+            self.register_buffer("feature_mean", mean.reshape(card.input_shape))
+            self.register_buffer("feature_scale", scale.reshape(card.input_shape))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.feature_mean) / self.feature_scale)
+    def encode(self, x, c=None) -> tuple:
+        """Raw input (numpy arrays or tensors) -> the tensors ``forward`` takes, on the model's device."""
+        dev = self._device()
+        if self.kind == "image":
+            t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+            return (t.to(dev),)
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if t.dtype != torch.float32:
+            t = t.float()
+        if t.device != dev:
+            t = t.to(dev)
+        if self.kind == "table" and getattr(self.net, "takes_categories", False):
+            n_cat = self.net.num_categorical
+            if c is None:
+                ct = torch.zeros((t.shape[0], n_cat), dtype=torch.long, device=dev)
+            else:
+                ct = c if isinstance(c, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(c, dtype=np.int64))
+                ct = ct.long().to(dev)
+            return (t, ct)
+        return (t,)
 
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities, always computed in inference mode (no dropout, frozen batch-norm)."""
-        was_training = self.training
-        if not was_training:  # the serving path: skip walking the modules twice per call
-            return torch.softmax(self.forward(x).float(), dim=-1)
-        self.eval()
-        try:
-            return torch.softmax(self.forward(x).float(), dim=-1)
-        finally:
-            self.train(was_training)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None):
+        if self.kind == "image":
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - self.feature_mean) / self.feature_scale
+        out = self.net(x, c) if c is not None else self.net(x)
+        return self.split_heads(out)
 
 
 def build_mlp(input_shape, num_classes, hidden=(128, 64), dropout=0.1, activation="relu") -> nn.Module:

@@ -26,13 +26,42 @@ from aimass.exceptions import InvalidRequestError, NotFoundError, ServingError
 from aimass.serving.batching import RowBatcher
 from aimass.serving.protocol import Signature, signature_from_mlflow
 
-__all__ = ["ModelServer", "MultiModelServer", "LoadedModel", "load_registered"]
+__all__ = ["LoadedModel", "ModelServer", "MultiModelServer", "load_registered", "raw_signature"]
 
 log = logging.getLogger("aimass.serving")
 
 
+def raw_signature(card: Any) -> Signature:
+    """The signature of a model that takes raw input, from its card.
+
+    text: one ``BYTES`` tensor ``[-1]`` (UTF-8 strings); image: ``UINT8`` ``[-1, C, H, W]`` (encoded PNG/JPEG
+    bytes are accepted as ``BYTES`` ``[-1]`` too); tensor/table: ``FP32`` as before. Outputs: one per head,
+    named after the head (the primary head keeps the card's output name when there is only one).
+    """
+    from aimass.serving.protocol import TensorSpec
+
+    kind = getattr(card, "input_kind", "tensor")
+    if kind == "text":
+        inp = TensorSpec(card.input_name, "BYTES", (-1,))
+    elif kind == "image":
+        inp = TensorSpec(card.input_name, "UINT8", (-1, *card.input_shape))
+    else:
+        inp = TensorSpec(card.input_name, "FP32", (-1, *card.input_shape))
+    heads = card.head_specs
+    if len(heads) == 1:
+        outs = (TensorSpec(card.output_name, "FP32", (-1, heads[0]["num_outputs"])),)
+    else:
+        outs = tuple(TensorSpec(h["name"], "FP32", (-1, h["num_outputs"])) for h in heads)
+    return Signature((inp,), outs, tuple(card.class_names or ()))
+
+
 class LoadedModel:
-    """A zoo model ready to serve, with its signature."""
+    """A zoo model ready to serve, with its signature.
+
+    Models that take raw input run their own preprocessing here, in the replica: text rows (str or
+    UTF-8 bytes) go through the model's tokenizer; images arrive as uint8 ``[N, C, H, W]`` or as
+    encoded PNG/JPEG bytes, decoded with the data step's ``decode_images`` and the card's preprocess.
+    """
 
     def __init__(self, model: Any, signature: Signature, registered: str, version: str, device: str) -> None:
         import torch
@@ -43,29 +72,77 @@ class LoadedModel:
         self.version = version
         self.device = device
         self._torch = torch
-        if len(signature.inputs) != 1 or len(signature.outputs) != 1:
-            raise ServingError("aimass serves single-input, single-output models", got=signature.to_dict(),
+        self.card = getattr(model, "card", None)
+        self.input_kind = getattr(self.card, "input_kind", "tensor")
+        if len(signature.inputs) != 1 or (len(signature.outputs) != 1 and self.input_kind == "tensor"):
+            raise ServingError("aimass serves single-input models (several outputs for multi-head models)", got=signature.to_dict(),
                                fix="Register a zoo model (input tensor -> class probabilities).")
         self.input = signature.inputs[0]
         self.output = signature.outputs[0]
         self.input_shape = tuple(self.input.shape[1:])
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Rows of features -> rows of class probabilities (float32)."""
+    def _raw(self, x: np.ndarray):
+        """Check and convert a raw batch for this model: returns what ``model.encode`` takes."""
+        where = f"{self.registered} v{self.version}"
+        if self.input_kind == "text":
+            if x.dtype.kind not in ("U", "S", "O"):
+                raise InvalidRequestError(f"input {self.input.name!r}: this model takes text (BYTES), got {x.dtype} numbers",
+                                          location=where, fix="Send the texts as a BYTES tensor of UTF-8 strings.")
+            return x.reshape(-1)
+        if x.dtype.kind in ("U", "S", "O"):
+            if self.input_kind != "image":
+                raise InvalidRequestError(f"input {self.input.name!r}: this model takes numbers ({self.input.datatype}), got bytes/strings",
+                                          location=where, fix=f"Send {self.input.datatype} data shaped {list(self.input.shape)}.")
+            try:
+                from aimass.data.preprocess import decode_images
+            except ImportError:  # pragma: no cover - the data package provides it
+                raise ServingError("this build cannot decode encoded images", fix="Send UINT8 [N, C, H, W] pixels.") from None
+            blobs = [bytes(b) if not isinstance(b, str) else b.encode("latin-1") for b in x.reshape(-1).tolist()]
+            return decode_images(self.card.preprocess, blobs)
         if tuple(x.shape[1:]) != self.input_shape:
             raise InvalidRequestError(f"input {self.input.name!r}: shape {list(x.shape)} does not fit this version's "
-                                      f"{list(self.input.shape)}", location=f"{self.registered} v{self.version}")
-        t = self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        if self.device != "cpu":
-            t = t.to(self.device, non_blocking=True)
-        out = self.model.predict_proba(t)
+                                      f"{list(self.input.shape)}", location=where)
+        if self.input_kind == "image":
+            return np.ascontiguousarray(x, dtype=np.uint8) if x.dtype != np.uint8 else x
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Rows of raw input -> rows of the primary head's output (class probabilities), float32."""
+        if self.input_kind == "tensor" and x.dtype.kind not in ("U", "S", "O"):
+            if tuple(x.shape[1:]) != self.input_shape:
+                raise InvalidRequestError(f"input {self.input.name!r}: shape {list(x.shape)} does not fit this version's "
+                                          f"{list(self.input.shape)}", location=f"{self.registered} v{self.version}")
+            t = self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            if self.device != "cpu":
+                t = t.to(self.device, non_blocking=True)
+            out = self.model.predict_proba(t)
+        else:
+            out = self.model.predict_proba(self._raw(x))
         return out.detach().to("cpu").numpy().astype(np.float32, copy=False)
 
+    def predict_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every head's output by the signature's output names (what a multi-head response carries)."""
+        got = self.model.predict_heads(self._raw(x))
+        heads = self.card.head_specs
+        if len(heads) == 1:
+            return {self.output.name: got[heads[0]["name"]].astype(np.float32, copy=False)}
+        return {h["name"]: got[h["name"]].astype(np.float32, copy=False) for h in heads}
+
+    def example(self) -> np.ndarray:
+        """A one-row input of the right kind (the warm-up and readiness probes)."""
+        if self.input_kind == "text":
+            return np.array([b"warm up"], dtype=object)
+        if self.input_kind == "image":
+            return np.zeros((1, *self.input_shape), dtype=np.uint8)
+        return np.zeros((1, *self.input_shape), dtype=np.float32)
+
     def warm_up(self) -> None:
-        """The readiness check: an inference on zeros must give [1, classes] probabilities."""
-        probs = self.predict(np.zeros((1, *self.input_shape), dtype=np.float32))
+        """The readiness check: an inference on a neutral input must give [1, classes] probabilities."""
+        probs = self.predict(self.example())
         want = tuple(d for d in self.output.shape[1:])
-        if probs.shape[1:] != want or not np.isfinite(probs).all() or abs(float(probs.sum()) - 1.0) > 1e-3:
+        primary = self.card.head_specs[0]["kind"] if self.card is not None else "classification"
+        dist_ok = primary != "classification" or abs(float(probs.sum()) - 1.0) <= 1e-3
+        if probs.shape[1:] != want or not np.isfinite(probs).all() or not dist_ok:
             raise ServingError(f"{self.registered} v{self.version} failed its readiness check: warm-up output has shape "
                                f"{list(probs.shape)} (expected [1, {', '.join(map(str, want))}]) or is not a distribution")
 
@@ -105,8 +182,11 @@ def load_registered(registered: str, version: str, tracking_uri: str | None = No
                 raise ServingError("model artifacts must not contain symbolic links", got=p.name)
         card = load_card(card_dir)
         model = load_model(card_dir, device=device)
-        sig = signature_from_mlflow(_mlmodel(root, card_dir), card.class_names) or Signature.from_card(card)
-        if tuple(sig.inputs[0].shape[1:]) != tuple(card.input_shape):
+        if card.input_kind in ("text", "image") or card.multi_head:
+            sig = raw_signature(card)  # raw input (BYTES / UINT8) and one output per head, from the card
+        else:
+            sig = signature_from_mlflow(_mlmodel(root, card_dir), card.class_names) or Signature.from_card(card)
+        if card.input_kind != "text" and tuple(sig.inputs[0].shape[1:]) != tuple(card.input_shape):
             raise ServingError("the MLflow signature does not match the model card", got={"signature": list(sig.inputs[0].shape),
                                                                                           "card": card.input_shape})
     finally:
@@ -199,7 +279,7 @@ class ModelServer(_BatchingMixin):
 
     async def ready(self) -> dict[str, Any]:
         """The readiness probe used before a version goes live: a real inference through the serving path."""
-        probs, _ = await self.predict(np.zeros((1, *self.lm.input_shape), dtype=np.float32))
+        probs, _ = await self.predict(self.lm.example())
         if not np.isfinite(probs).all():
             raise ServingError(f"{self.lm.registered} v{self.lm.version} returns non-finite probabilities")
         return await self.metadata()
@@ -296,7 +376,7 @@ class MultiModelServer(_BatchingMixin):
 
         Its cache events stay queued, so the ingress counts the probe's loads with its next answer."""
         lm = await self._get()
-        probs, _ = await self._run(lm, np.zeros((1, *lm.input_shape), dtype=np.float32), serve.get_multiplexed_model_id())  # not predict: it drains the events
+        probs, _ = await self._run(lm, lm.example(), serve.get_multiplexed_model_id())  # not predict: it drains the events
         if not np.isfinite(probs).all():
             raise ServingError(f"{lm.registered} v{lm.version} returns non-finite probabilities")
         return {"model": self.allowed[serve.get_multiplexed_model_id()][0], "registered": lm.registered, "version": lm.version}

@@ -20,7 +20,21 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["train_loop_per_worker", "make_optimizer", "make_scheduler", "epoch_batches", "evaluate_arrays", "run_epoch", "amp_dtype_for", "TRAIN_STATE"]
+__all__ = [
+    "TRAIN_STATE",
+    "SplitData",
+    "amp_dtype_for",
+    "build_for_training",
+    "epoch_batches",
+    "evaluate_arrays",
+    "make_optimizer",
+    "make_scheduler",
+    "optimizer_for",
+    "run_epoch",
+    "split_data",
+    "split_targets",
+    "train_loop_per_worker",
+]
 
 TRAIN_STATE = "train_state.pt"
 
@@ -64,37 +78,116 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, wor
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class SplitData:
+    """One split's raw inputs and targets, batched for the model.
+
+    Numeric inputs (tensor, table, image) become tensors on the device once; text stays as strings and
+    is tokenised per batch by the model's own tokenizer (in the worker, padded to the batch's longest row).
+    Targets are keyed by head name: int64 for classification, float32 for multilabel/regression.
+    """
+
+    def __init__(self, model: nn.Module, x, targets: dict[str, np.ndarray], c=None, device: torch.device | None = None) -> None:
+        m = _unwrap(model)
+        self.heads = m.card.head_specs
+        self.kind = m.card.input_kind
+        self.n = len(x)
+        self.device = device or torch.device("cpu")
+        if self.kind == "text":
+            self.raw = np.asarray(x)
+            self.inputs = None
+        else:
+            self.inputs = tuple(t.to(self.device) for t in m.encode(x, c))
+        self.targets = {}
+        for h in self.heads:
+            arr = targets[h["name"]]
+            dt = torch.long if h["kind"] == "classification" else torch.float32
+            self.targets[h["name"]] = torch.as_tensor(np.asarray(arr), dtype=dt, device=self.device)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, model: nn.Module, idx) -> tuple[tuple, dict[str, torch.Tensor]]:
+        """(model inputs, targets) of rows ``idx``."""
+        if self.inputs is None:
+            ix = idx.cpu().numpy() if isinstance(idx, torch.Tensor) else idx
+            inputs = _unwrap(model).encode(self.raw[ix])
+        else:
+            inputs = tuple(t[idx] for t in self.inputs)
+        return inputs, {k: v[idx] for k, v in self.targets.items()}
+
+
+def split_targets(ds, split: str, heads: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Every head's target array for ``split``, matched by name (or by position when the names differ)."""
+    if hasattr(ds, "targets_split"):
+        got = ds.targets_split(split)
+    else:
+        got = {heads[0]["name"]: ds.split(split)[1]}
+    out = {}
+    vals = list(got.values())
+    for i, h in enumerate(heads):
+        if h["name"] in got:
+            out[h["name"]] = got[h["name"]]
+        elif i < len(vals):
+            out[h["name"]] = vals[i]
+        else:
+            from aimass.exceptions import SpecError
+
+            raise SpecError(f"the dataset has no target for head {h['name']!r}", got=sorted(got),
+                            fix="The model's heads come from the data step's targets; retrain from the data step.")
+    return out
+
+
+def split_data(model: nn.Module, ds, split: str, device: torch.device | None = None) -> SplitData:
+    """The :class:`SplitData` of a prepared dataset's split ("train", "val", "test", "train+val")."""
+    x, _ = ds.split(split)
+    c = ds.categorical(split) if hasattr(ds, "categorical") else None
+    return SplitData(model, x, split_targets(ds, split, _unwrap(model).card.head_specs), c, device)
+
+
 @torch.no_grad()
-def evaluate_arrays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> tuple[float, float]:
-    """(mean loss, accuracy) over the whole arrays."""
-    if len(y) == 0:
+def evaluate_arrays(model: nn.Module, data: SplitData, batch_size: int = 512) -> tuple[float, float]:
+    """(mean loss, primary-head accuracy) over a whole split."""
+    from aimass.models.heads import heads_loss, primary_correct
+
+    if len(data) == 0:
         return float("nan"), float("nan")
+    was = model.training
     model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, len(y), batch_size):
-        out = model(x[i:i + batch_size]).float()
-        loss += nn.functional.cross_entropy(out, y[i:i + batch_size], reduction="sum").item()
-        correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
-    model.train()
-    return loss / len(y), correct / len(y)
+    loss, correct = 0.0, 0.0
+    idx_all = torch.arange(len(data), device=data.device)
+    for i in range(0, len(data), batch_size):
+        inputs, tg = data.batch(model, idx_all[i:i + batch_size])
+        out = model(*inputs)
+        loss += heads_loss(out, tg, data.heads, reduction="sum").item()
+        correct += primary_correct(out, tg, data.heads).item()
+    model.train(was)
+    acc = correct / len(data) if data.heads[0]["kind"] != "regression" else float("nan")
+    return loss / len(data), acc
 
 
-def run_epoch(model: nn.Module, opt, sched, scaler, amp_dtype, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+def run_epoch(model: nn.Module, opt, sched, scaler, amp_dtype, data: SplitData, batch_size: int,
               epoch: int, seed: int, rank: int = 0, world: int = 1, device: torch.device | None = None):
     """One pass over this rank's shard; returns (sum of losses, correct predictions, rows seen) as tensors/int.
 
     Shared by the Ray Train workers and by single-process tuning trials, so both train identically.
+    The loss is chosen per head kind (see :func:`aimass.models.heads.heads_loss`).
     """
-    device = device or x.device
+    from aimass.models.heads import heads_loss, primary_correct
+
+    device = device or data.device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
-    for idx in epoch_batches(len(y), batch_size, epoch, seed, rank, world):
-        xb, yb = x[idx], y[idx]
+    for idx in epoch_batches(len(data), batch_size, epoch, seed, rank, world):
+        inputs, tg = data.batch(model, torch.as_tensor(idx, device=data.device))
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(xb)
-            loss = nn.functional.cross_entropy(out.float(), yb)
+            out = model(*inputs)
+            loss = heads_loss(out, tg, data.heads)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -104,10 +197,43 @@ def run_epoch(model: nn.Module, opt, sched, scaler, amp_dtype, x: torch.Tensor, 
             opt.step()
         if sched is not None:
             sched.step()
-        total_loss += loss.detach() * len(yb)
-        correct += (out.detach().argmax(1) == yb).sum()
-        seen += len(yb)
+        n = len(idx)
+        total_loss += loss.detach() * n
+        correct += primary_correct(out, tg, data.heads)
+        seen += n
     return total_loss, correct, seen
+
+
+def build_for_training(config: dict[str, Any], device: torch.device):
+    """The model a run starts from: the initial model prepared by the train step (init.from, LoRA, a text
+    model's tokenizer) when there is one, else the card's fresh model; then freezing per ``train.init``."""
+    from aimass.models import ModelCard, build_model
+    from aimass.models.io import load_model
+    from aimass.models.transfer import apply_freeze
+
+    init_ref = config.get("init_model")
+    if init_ref:
+        from aimass.storage import get_store
+
+        store = get_store(init_ref["root"], endpoint_url=config.get("s3_endpoint_url"))
+        local = store.local_path(init_ref["key"])
+        if local is None:
+            local = store.get_dir(init_ref["key"], Path(tempfile.mkdtemp(prefix="aimass-init-")))
+        model = load_model(local, device=str(device))
+        model.train()
+    else:
+        model = build_model(ModelCard.from_dict(config["card"])).to(device)
+    counts = apply_freeze(model, (config.get("train") or {}).get("init"))
+    return model, counts
+
+
+def optimizer_for(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer over trainable parameters, with ``init.paramGroups`` learning rates."""
+    from aimass.models.transfer import param_groups
+
+    ocfg = cfg.get("optimizer", {}) or {}
+    groups = param_groups(model, ((cfg.get("init") or {}).get("paramGroups")), float(ocfg.get("lr", 1e-3)))
+    return make_optimizer(groups, ocfg)
 
 
 def amp_dtype_for(amp: str, device: torch.device):
@@ -150,7 +276,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
 
     from aimass.data import open_dataset
-    from aimass.models import ModelCard, build_model
     from aimass.models.io import save_model
 
     ctx = ray.train.get_context()
@@ -163,19 +288,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg = config["train"]
     ds = open_dataset(config["dataset"], endpoint_url=config.get("s3_endpoint_url"))
-    x_np, y_np = ds.split(cfg.get("trainOn", "train"))
-    x_tr = torch.as_tensor(x_np, dtype=torch.float32, device=device)
-    y_tr = torch.as_tensor(y_np, dtype=torch.long, device=device)
-    x_val = torch.as_tensor(ds.x_val, dtype=torch.float32, device=device)
-    y_val = torch.as_tensor(ds.y_val, dtype=torch.long, device=device)
-
-    card = ModelCard.from_dict(config["card"])
-    model = build_model(card).to(device)
+    model, counts = build_for_training(config, device)
+    train_data = split_data(model, ds, cfg.get("trainOn", "train"), device)
+    val_data = split_data(model, ds, "val", device)
+    initial_val_loss = evaluate_arrays(model, val_data)[0] if config.get("init_model") else None
     model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
-    opt = make_optimizer(model.parameters(), cfg.get("optimizer", {}))
+    opt = optimizer_for(model, cfg)
     batch_size = int(cfg.get("batchSize", 64))
     epochs = int(cfg.get("epochs", 10))
-    steps_per_epoch = len(epoch_batches(len(y_tr), batch_size, 0, seed, rank, world))
+    steps_per_epoch = len(epoch_batches(len(train_data), batch_size, 0, seed, rank, world))
     sched = make_scheduler(opt, cfg.get("lrSchedule", {}), epochs, steps_per_epoch)
     amp_dtype = amp_dtype_for(cfg.get("amp", "auto"), device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -193,13 +314,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t_loop = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        total_loss, correct, seen = run_epoch(model, opt, sched, scaler, amp_dtype, x_tr, y_tr, batch_size, epoch, seed,
+        total_loss, correct, seen = run_epoch(model, opt, sched, scaler, amp_dtype, train_data, batch_size, epoch, seed,
                                               rank, world, device)
         stats = torch.stack([total_loss, correct, torch.tensor(float(seen), device=device)])
         if world > 1:
             torch.distributed.all_reduce(stats)
         epoch_time = time.perf_counter() - t0
-        val_loss, val_acc = evaluate_arrays(model, x_val, y_val)
+        val_loss, val_acc = evaluate_arrays(model, val_data)
         m = {
             "epoch": epoch + 1,
             "train_loss": stats[0].item() / max(1.0, stats[2].item()),
@@ -212,7 +333,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "resumed_from_epoch": meta["resumed_from_epoch"],
             "restarts": meta["restarts"],
             "samples": int(stats[2].item()),
+            **counts,
         }
+        if initial_val_loss is not None and math.isfinite(initial_val_loss):
+            m["initial_val_loss"] = initial_val_loss
         meta["history"].append({k: v for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)})
         meta["epoch"] = epoch + 1
         stop = False

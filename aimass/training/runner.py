@@ -18,7 +18,7 @@ from typing import Any
 
 from aimass.exceptions import RetryableStepError, StepError
 
-__all__ = ["FitResult", "fit", "MlflowEpochLogger"]
+__all__ = ["FitResult", "MlflowEpochLogger", "fit"]
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +65,22 @@ class MlflowEpochLogger(_UserCallback):
 def fit(*, train_config: dict[str, Any], dataset: dict[str, Any], card: dict[str, Any], seed: int, name: str,
         storage_path: str, num_workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int,
         checkpoints_to_keep: int, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
-        s3_endpoint_url: str | None = None, work_dir: str | Path | None = None) -> FitResult:
-    """Train with Ray Train's TorchTrainer; returns the latest checkpoint copied to a local directory."""
+        s3_endpoint_url: str | None = None, work_dir: str | Path | None = None,
+        init_model: dict[str, Any] | None = None) -> FitResult:
+    """Train with Ray Train's TorchTrainer; returns the latest checkpoint copied to a local directory.
+
+    ``init_model`` is the store reference of the model to start from (prepared by the train step), if any."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from aimass.training.loop import train_loop_per_worker
-
     from aimass.storage import ray_storage
+    from aimass.training.loop import train_loop_per_worker
 
     path, fs = ray_storage(storage_path, s3_endpoint_url)
     callbacks = [MlflowEpochLogger(tracking_uri, mlflow_run_id)] if tracking_uri and mlflow_run_id else []
     loop_config = {"train": train_config, "dataset": dataset, "card": card, "seed": seed,
-                   "s3_endpoint_url": s3_endpoint_url, "threads": max(1, int(cpus_per_worker))}
+                   "s3_endpoint_url": s3_endpoint_url, "threads": max(1, int(cpus_per_worker)),
+                   "init_model": init_model}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -103,11 +106,11 @@ def fit(*, train_config: dict[str, Any], dataset: dict[str, Any], card: dict[str
     if out.exists():
         shutil.rmtree(out)
     result.checkpoint.to_directory(str(out))
-    from aimass.training.loop import TRAIN_STATE
-
     import json
 
     import torch
+
+    from aimass.training.loop import TRAIN_STATE
 
     state = torch.load(out / TRAIN_STATE, map_location="cpu", weights_only=True)
     meta = json.loads(state["meta"])

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+
 from aimass.exceptions import StepError
 
 __all__ = ["SearchResult", "run_search", "param_space", "MlflowTrialLogger"]
@@ -73,9 +75,6 @@ def _search_alg(cfg, seed: int):
     # random sampling (grid points expanded), seeded: the same seed draws the same trials, so schedulers
     # can be compared on identical configurations
     return BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials)
-
-
-from ray.tune import Callback
 
 
 class MlflowTrialLogger(Callback):

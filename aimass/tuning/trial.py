@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["trial_fn", "trial_train_config", "TRIAL_KEYS"]
+__all__ = ["TRIAL_KEYS", "trial_fn", "trial_train_config"]
 
 TRIAL_KEYS = "__aimass__"
 
@@ -50,24 +50,31 @@ def _local_trial(fixed: dict[str, Any], train: dict[str, Any]) -> None:
     from ray.tune import Checkpoint
 
     from aimass.data import open_dataset
-    from aimass.models import ModelCard, build_model
     from aimass.models.io import save_model
-    from aimass.training.loop import TRAIN_STATE, _load_checkpoint, evaluate_arrays, make_optimizer, make_scheduler, run_epoch, epoch_batches
+    from aimass.training.loop import (
+        TRAIN_STATE,
+        _load_checkpoint,
+        build_for_training,
+        epoch_batches,
+        evaluate_arrays,
+        make_scheduler,
+        optimizer_for,
+        run_epoch,
+        split_data,
+    )
 
     seed = int(fixed["seed"])
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, int(fixed.get("threads", 1))))
     device = torch.device("cuda" if train.get("useGpu") and torch.cuda.is_available() else "cpu")
     ds = open_dataset(fixed["dataset"], endpoint_url=fixed.get("s3_endpoint_url"))
-    x_np, y_np = ds.split(train.get("trainOn", "train"))
-    x = torch.as_tensor(x_np, dtype=torch.float32, device=device)
-    y = torch.as_tensor(y_np, dtype=torch.long, device=device)
-    xv = torch.as_tensor(ds.x_val, dtype=torch.float32, device=device)
-    yv = torch.as_tensor(ds.y_val, dtype=torch.long, device=device)
-    model = build_model(ModelCard.from_dict(_card(fixed, train))).to(device)
-    opt = make_optimizer(model.parameters(), train.get("optimizer", {}))
+    model, _ = build_for_training({"card": _card(fixed, train), "train": train, "init_model": fixed.get("init_model"),
+                                   "s3_endpoint_url": fixed.get("s3_endpoint_url")}, device)
+    data = split_data(model, ds, train.get("trainOn", "train"), device)
+    val = split_data(model, ds, "val", device)
+    opt = optimizer_for(model, train)
     epochs, batch = int(train.get("epochs", 10)), int(train.get("batchSize", 64))
-    sched = make_scheduler(opt, train.get("lrSchedule", {}), epochs, len(epoch_batches(len(y), batch, 0, seed, 0, 1)))
+    sched = make_scheduler(opt, train.get("lrSchedule", {}), epochs, len(epoch_batches(len(data), batch, 0, seed, 0, 1)))
     meta: dict[str, Any] = {"epoch": 0, "history": [], "resumed_from_epoch": 0, "restarts": 0}
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -79,8 +86,8 @@ def _local_trial(fixed: dict[str, Any], train: dict[str, Any]) -> None:
             g["lr"] = lr
     for epoch in range(meta["epoch"], epochs):
         t0 = time.perf_counter()
-        loss, correct, seen = run_epoch(model, opt, sched, None, None, x, y, batch, epoch, seed, 0, 1, device)
-        val_loss, val_acc = evaluate_arrays(model, xv, yv)
+        loss, correct, seen = run_epoch(model, opt, sched, None, None, data, batch, epoch, seed, 0, 1, device)
+        val_loss, val_acc = evaluate_arrays(model, val)
         m = {"epoch": epoch + 1, "train_loss": loss.item() / max(1, seen), "train_accuracy": correct.item() / max(1, seen),
              "val_loss": val_loss, "val_accuracy": val_acc, "epoch_time_s": time.perf_counter() - t0,
              "restarts": meta["restarts"]}
@@ -110,7 +117,8 @@ def _distributed_trial(fixed: dict[str, Any], train: dict[str, Any]) -> None:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": train, "dataset": fixed["dataset"], "card": _card(fixed, train), "seed": fixed["seed"],
-                           "s3_endpoint_url": fixed.get("s3_endpoint_url"), "threads": max(1, int(fixed.get("threads", 1)))},
+                           "s3_endpoint_url": fixed.get("s3_endpoint_url"), "threads": max(1, int(fixed.get("threads", 1))),
+                           "init_model": fixed.get("init_model")},
         scaling_config=ScalingConfig(num_workers=int(train["numWorkers"]), use_gpu=bool(train.get("useGpu")),
                                      resources_per_worker={"CPU": float(fixed.get("threads", 1))}),
         run_config=RunConfig(name=f"trial-{ctx.get_trial_id()}", storage_path=path, storage_filesystem=fs,

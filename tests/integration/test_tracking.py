@@ -16,6 +16,7 @@ from aimass.steps.register import gate_decision
 from aimass.tracking import Tracker
 from tests.mlflow_server import mlflow_on_postgres
 
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     with mlflow_on_postgres(tmp_path_factory.mktemp("mlflow")) as srv:

@@ -50,7 +50,7 @@ def serving_cluster():
     rr.use_cluster_token(home)  # this home's own Ray token (Ray caches the previous cluster's)
     try:
         address = rr.start_local_cluster(home, num_cpus=8, port=gcs_port(), dashboard_port=free_port())
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False, namespace="aimass-tests")
+        rr.connect(address, logging_level="ERROR", log_to_driver=False, namespace="aimass-tests")
         # the registry must exist before replicas read it concurrently
         from aimass.tracking import Tracker
 

@@ -249,9 +249,8 @@ def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, ray
 
     import boto3
 
-    from tests.s3util import moto_s3
-
     from aimass.data import open_dataset
+    from tests.s3util import moto_s3
 
     with moto_s3() as url:
         s3 = boto3.client("s3", endpoint_url=url)
