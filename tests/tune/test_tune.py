@@ -218,7 +218,6 @@ TuneStep().run(StepContext(**a["ctx"]), TuneConfig.model_validate(a["cfg"]))
 """
 
 
-@pytest.mark.slow
 @pytest.fixture
 def ray_with_s3_credentials(env, aimass_home):
     """This process reconnected to the session cluster with (fake) S3 credentials in its workers' environment, as
@@ -239,6 +238,7 @@ def ray_with_s3_credentials(env, aimass_home):
     ensure_ray(home=aimass_home, num_cpus=2)  # as local_ray connected it, without the credentials
 
 
+@pytest.mark.slow
 def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, ray_with_s3_credentials):
     """The driver of a search is SIGKILLed; a new driver (the pipeline's --resume) restores the search
     from Tune's state in the S3 artifact store: the interrupted trial continues from its checkpoint and
