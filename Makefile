@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 AIMASS := $(VENV)/bin/aimass
 PYTEST_ARGS ?=
+# `make test-random`: the suite in a shuffled order (pytest-randomly), reproducible with this seed.
+RANDOM_SEED ?= 12345
 
-.PHONY: setup quickstart test test-fast bench lint clean down wheelhouse image
+.PHONY: setup quickstart test test-random test-fast bench lint clean down wheelhouse image
 
 setup: $(VENV)/.installed
 
@@ -27,8 +29,14 @@ test: setup
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
+# The same suite in random order (modules, then tests within them), with a fixed seed: CI runs this
+# once, so a test that depends on another's leftovers fails there, reproducibly.
+test-random: setup
+	@$(MAKE) --no-print-directory test PYTEST_ARGS='-p randomly --randomly-seed=$(RANDOM_SEED) $(PYTEST_ARGS)'
+
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 # ruff's rules and the ones left out (with why) are in pyproject.toml; CI runs this before the tests.
 lint: setup

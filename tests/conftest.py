@@ -22,9 +22,9 @@ for var in ("AIMASS_TRACKING_URI", "AIMASS_ARTIFACT_ROOT", "AIMASS_RAY_ADDRESS",
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The session cluster's GCS, dashboard and Serve ports: what the environment says, else free ones (never a
 # fixed port that another session, engineer or CI job on the same machine may hold).
-for _var, _port in zip(("AIMASS_RAY_PORT", "AIMASS_RAY_DASHBOARD_PORT", "AIMASS_SERVE_PORT"),
-                       distinct_free_ports(3, {int(v) for k in ("AIMASS_RAY_PORT", "AIMASS_RAY_DASHBOARD_PORT",
-                                                                   "AIMASS_SERVE_PORT") if (v := os.environ.get(k))})):
+_PORT_VARS = ("AIMASS_RAY_PORT", "AIMASS_RAY_DASHBOARD_PORT", "AIMASS_SERVE_PORT")
+_free = distinct_free_ports(len(_PORT_VARS), {int(v) for k in _PORT_VARS if (v := os.environ.get(k))})
+for _var, _port in zip(_PORT_VARS, _free, strict=True):
     os.environ.setdefault(_var, str(_port))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -84,6 +84,31 @@ def local_ray(_local_cluster, aimass_home):
     ensure_ray(home=aimass_home, num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+def _own_backends(mp: pytest.MonkeyPatch, root: Path):
+    """Point this process and the CLI subprocesses it starts at MLflow, artifacts and a step cache under ``root``."""
+    from aimass.settings import Settings
+
+    root.mkdir(parents=True, exist_ok=True)
+    mp.setenv("AIMASS_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.setenv("AIMASS_ARTIFACT_ROOT", str(root / "artifacts"))
+    mp.setenv("AIMASS_MLFLOW_ARTIFACT_LOCATION", str(root / "mlartifacts"))
+    return Settings.load()
+
+
+@pytest.fixture
+def own_settings(tmp_path, monkeypatch):
+    """This test's own MLflow store, artifact root and step cache (on the session's Ray cluster), so that no
+    test reads another's runs, models or cached steps; set in the environment too, for `aimass` subprocesses."""
+    return _own_backends(monkeypatch, tmp_path / "backends")
+
+
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory):
+    """As ``own_settings``, shared by the tests of one module (e.g. a pipeline run once and checked by several tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield _own_backends(mp, tmp_path_factory.mktemp("backends"))
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -412,3 +412,22 @@ def test_insecure_local_mode(serve):
     api = serve(config=ApiConfig(insecure_local=True))
     r = api.client(identity=None).post(RUNS, json={"specYaml": TINY_PIPELINE})
     assert r.status_code == 201 and r.json()["owner"] == "local"
+
+
+def test_unknown_query_parameters_are_refused_and_known_ones_kept(api):
+    """Every route refuses a query parameter it does not define (as bodies refuse unknown fields): a typo such
+    as `?limt=5` must not silently list everything."""
+    c = api.client("alice")
+    r = _submit(c, runName="20250104-000000-qqqqqq")
+    assert r.status_code == 201, r.text
+    run = f"{RUNS}/20250104-000000-qqqqqq"
+    for method, path, bad in [("GET", RUNS, "limt"), ("GET", run, "verbose"), ("GET", f"{run}/logs", "tail"),
+                              ("POST", f"{run}:cancel", "force"), ("POST", RUNS, "dryRun")]:
+        r = c.request(method, path, params={bad: "1"})
+        body = r.json()
+        assert r.status_code == 422, (method, path, r.text)
+        assert body["error"] == "invalid_request" and f"`{bad}`" in body["message"], body
+        assert body.get("fix"), body  # what to do instead: the route's allowed parameters
+    r = c.get(RUNS, params={"limit": "1", "state": "PENDING"})
+    assert r.status_code == 200, r.text
+    assert [x["runId"] for x in r.json()["items"]] == ["20250104-000000-qqqqqq"]

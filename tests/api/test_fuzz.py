@@ -113,10 +113,8 @@ def test_fuzz_operation(served, method, path, mode):
         calls.append(1)
         case.call_and_validate(base_url=url, headers=auth, checks=checks, timeout=30)
 
-    started = time.monotonic()
-    run()
+    run()  # a hang is caught by pytest-timeout, not by a wall-clock bound that flakes on a loaded machine
     assert calls, "no case was generated"
-    assert time.monotonic() - started < 120
 
 
 # What the API validates beyond what a JSON schema can say: a pipeline document that fits the request's

@@ -20,10 +20,16 @@ def aimass(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def quickstart_run(local_ray, repo_root):
+def quickstart_run(local_ray, repo_root, module_settings):
     out = aimass("run", str(repo_root / "pipelines" / "quickstart.yaml"), "--output", "json")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return json.loads(out.stdout)
+    yield json.loads(out.stdout)
+    # the served model would otherwise hold the session cluster's CPUs for every later test
+    status = aimass("serving", "status", "--output", "json", timeout=120)
+    assert status.returncode == 0, status.stderr[-2000:]
+    for app in json.loads(status.stdout)["apps"]:
+        down = aimass("serving", "shutdown", app["name"], "--output", "json", timeout=300)
+        assert down.returncode == 0 and json.loads(down.stdout)["removed"], down.stdout[-2000:] + down.stderr[-2000:]
 
 
 def test_quickstart_runs_end_to_end(quickstart_run):

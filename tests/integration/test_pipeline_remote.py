@@ -3,8 +3,6 @@ Ray Train checkpoints on a real S3 endpoint (moto server on loopback), on the lo
 
 from __future__ import annotations
 
-import os
-
 import boto3
 import pytest
 
@@ -33,10 +31,12 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory, request):
-    saved = dict(os.environ)
-    with moto_s3() as s3_url, mlflow_on_postgres(tmp_path_factory.mktemp("mlflow-remote")) as mlflow_srv:
-        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                          AIMASS_S3_ENDPOINT_URL=s3_url)
+    # exactly these variables are set for the module and restored after it (never the whole environment)
+    with pytest.MonkeyPatch.context() as mp, moto_s3() as s3_url, \
+            mlflow_on_postgres(tmp_path_factory.mktemp("mlflow-remote")) as mlflow_srv:
+        for k, v in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                         AIMASS_S3_ENDPOINT_URL=s3_url).items():
+            mp.setenv(k, v)
         boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket="aimass-artifacts")
         # connect only now, so the Ray job's workers inherit the S3 settings above
         ray = request.getfixturevalue("local_ray")
@@ -44,8 +44,6 @@ def backends(tmp_path_factory, request):
             yield {"s3": s3_url, "mlflow": mlflow_srv.url}
         finally:
             ray.shutdown()
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 def test_pipeline_on_mlflow_server_and_s3(backends):

@@ -16,8 +16,6 @@ from aimass.steps.register import gate_decision
 from aimass.tracking import Tracker
 from tests.mlflow_server import mlflow_on_postgres
 
-pytestmark = pytest.mark.postgres
-
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
@@ -31,9 +29,10 @@ def small_model(tmp_path):
     return model, save_model(model, tmp_path / "m")
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres-server"])
-def test_runs_models_aliases_and_download(backend, mlflow_server, tmp_path):
-    uri = f"sqlite:///{tmp_path}/m.db" if backend == "sqlite" else mlflow_server.url
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres-server", marks=pytest.mark.postgres)])
+def test_runs_models_aliases_and_download(backend, request, tmp_path):
+    # only the PostgreSQL case starts (and needs) the MLflow server
+    uri = f"sqlite:///{tmp_path}/m.db" if backend == "sqlite" else request.getfixturevalue("mlflow_server").url
     tr = Tracker(uri)
     exp = tr.ensure_experiment("tracking-test", str(tmp_path / "art") if backend == "sqlite" else None)
     parent = tr.start_run(exp, "pipeline", {"aimass.kind": "pipeline"})
@@ -64,6 +63,7 @@ def test_runs_models_aliases_and_download(backend, mlflow_server, tmp_path):
     assert tr.get_run(parent).status == "FINISHED"
 
 
+@pytest.mark.postgres
 def test_tracking_server_outage_is_retried_without_duplicates(mlflow_server):
     srv = mlflow_server
     tr = Tracker(srv.url, retry_for_s=90)

@@ -187,7 +187,7 @@ def test_cluster_is_sized_from_the_pipeline(spec):
 
 
 def test_rayservice_from_a_serve_config_is_valid():
-    serving = pytest.importorskip("aimass.serving.config")
+    import aimass.serving.config as serving  # a plain import: a broken install must fail here, not skip
     cfg = serving.ServeConfig(models=[serving.ModelSpec(name="digits", model_uri="models:/digits@champion")])
     svc = build_rayservice(cfg, "digits", NAMESPACE, image=IMAGE, service_account="aimass-serve")
     assert validate_kuberay_object(svc) == []

@@ -49,7 +49,7 @@ def test_default_location_is_aimass_home(tmp_path, monkeypatch):
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = str(tmp_path / "s.json")
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # never fork a process that has torch's and Ray's threads loaded
     procs = [ctx.Process(target=_add_many, args=(path, k * 100, 15)) for k in range(3)]
     for p in procs:
         p.start()

@@ -248,7 +248,7 @@ def test_bytes_inputs_as_json_strings_and_as_length_prefixed_binary(bytes_server
 
 
 def test_tritons_client_in_binary_mode(server, bytes_server):
-    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")
+    import tritonclient.http as httpclient  # a test dependency: a broken install must fail here, not skip
     # dict(AUTH) each time: the client adds Inference-Header-Content-Length to the dict it is given
     c = httpclient.InferenceServerClient(url=server.url.split("//")[1])
     x = np.random.default_rng(1).normal(size=(5, N_IN)).astype(np.float32)

@@ -218,8 +218,28 @@ TuneStep().run(StepContext(**a["ctx"]), TuneConfig.model_validate(a["cfg"]))
 """
 
 
+@pytest.fixture
+def ray_with_s3_credentials(env, aimass_home):
+    """This process reconnected to the session cluster with (fake) S3 credentials in its workers' environment, as
+    `aimass run` passes them; afterwards the variables are removed and the module's plain connection is restored."""
+    import ray
+
+    from aimass.orchestrator.ray_runtime import ensure_ray
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(k, v)
+        ray.shutdown()
+        ensure_ray(home=aimass_home)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    ensure_ray(home=aimass_home, num_cpus=2)  # as local_ray connected it, without the credentials
+
+
 @pytest.mark.slow
-def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, monkeypatch, aimass_home):
+def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, ray_with_s3_credentials):
     """The driver of a search is SIGKILLed; a new driver (the pipeline's --resume) restores the search
     from Tune's state in the S3 artifact store: the interrupted trial continues from its checkpoint and
     keeps its MLflow run."""
@@ -228,16 +248,10 @@ def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, mon
     import sys
 
     import boto3
-    import ray
 
     from aimass.data import open_dataset
-    from aimass.orchestrator.ray_runtime import ensure_ray
     from tests.s3util import moto_s3
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    ray.shutdown()  # reconnect so this driver's trial workers get the S3 credentials, as `aimass run` passes them
-    ensure_ray(home=aimass_home)
     with moto_s3() as url:
         s3 = boto3.client("s3", endpoint_url=url)
         s3.create_bucket(Bucket="tune")
@@ -279,7 +293,7 @@ def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, mon
 
 
 @pytest.mark.slow
-def test_tuned_quickstart_flows_the_best_config_into_train_and_register(local_ray, repo_root):
+def test_tuned_quickstart_flows_the_best_config_into_train_and_register(local_ray, repo_root, own_settings):
     """pipelines/quickstart-tuned.yaml as a pipeline (smaller: 3 trials x 4 epochs, no deploy, which the
     serving tests cover): the trials nest under the tune step's run under the pipeline's run, and the
     retrain takes the best config."""
@@ -288,7 +302,6 @@ def test_tuned_quickstart_flows_the_best_config_into_train_and_register(local_ra
     import yaml
 
     from aimass.orchestrator import run_pipeline
-    from aimass.settings import Settings
 
     doc = yaml.safe_load((repo_root / "pipelines" / "quickstart-tuned.yaml").read_text())
     steps = {s["name"]: s for s in doc["spec"]["steps"]}
@@ -297,7 +310,7 @@ def test_tuned_quickstart_flows_the_best_config_into_train_and_register(local_ra
     steps["train"]["config"]["epochs"] = 4
     steps["register"]["config"]["gate"] = {"thresholds": [{"metric": "accuracy", "min": 0.5}]}
     doc["spec"]["steps"] = [s for s in doc["spec"]["steps"] if s["name"] != "deploy"]
-    settings = Settings.load()
+    settings = own_settings
     st = run_pipeline(parse_pipeline(doc, source="quickstart-tuned.yaml"), settings)
     assert st.status == "SUCCEEDED", st.error
     best = st.steps["tune"].outputs["best_config"]

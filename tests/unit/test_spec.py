@@ -188,7 +188,7 @@ def test_errors_are_picklable_for_ray():
 
 def test_json_schema_covers_step_configs_and_forbids_extras():
     schema = json_schema()
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema  # a test dependency: a broken install must fail here, not skip
     data = parse_pipeline(GOOD).dump()
     jsonschema.validate(data, schema)
     data["spec"]["steps"][1]["config"]["bogus"] = 1
