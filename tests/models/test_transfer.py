@@ -168,6 +168,7 @@ def test_lora_trains_only_adapters_and_head_and_round_trips(tiny, tmp_path):
     src = save_model(tiny, tmp_path / "src")
     model, card, _ = init_model(text_card(), {"from": str(src), "lora": {"r": 4, "alpha": 8, "targetModules": ["query", "value"]}},
                                 resolve_source(str(src)))
+    assert card.args["lora"]["r"] == 4  # recorded, so the unmerged model reloads with its adapters
     counts = trainable_parameters(model)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert all("lora_" in n or "classifier" in n for n in trainable), trainable

@@ -12,7 +12,13 @@ from aimass.models import ModelCard
 from aimass.models.io import save_model
 from aimass.models.transfer import init_model
 from aimass.storage import get_store
-from aimass.training.loop import build_for_training, evaluate_arrays, optimizer_for, run_epoch, split_data
+from aimass.training.loop import (
+    build_for_training,
+    evaluate_arrays,
+    optimizer_for,
+    run_epoch,
+    split_data,
+)
 from tests.models._support import minilm_dir
 from tests.models.test_transfer import TINY
 
