@@ -157,6 +157,8 @@ def test_freeze_by_pattern_and_last_blocks_and_param_groups(tiny):
     trainable = [n for n, p in tiny.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith(("backbone.bert.encoder.layer.2.", "backbone.bert.pooler", "backbone.classifier"))
                              for n in trainable), trainable
+    with pytest.raises(SpecError, match="matches no parameter"):
+        apply_freeze(tiny, {"freeze": ["encoder.layers.*"]})
     groups = param_groups(tiny, [{"pattern": "*classifier*", "lr": 1e-2}], 1e-4)
     assert [g["lr"] for g in groups] == [1e-2, 1e-4]
     assert sum(len(g["params"]) for g in groups) == len(trainable)
