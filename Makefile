@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AIMASS := $(VENV)/bin/aimass
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-fast bench lint clean down
+.PHONY: setup quickstart test test-fast bench lint clean down wheelhouse image
 
 setup: $(VENV)/.installed
 
@@ -30,9 +30,24 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# ruff's rules and the ones left out (with why) are in pyproject.toml; CI runs this before the tests.
+lint: setup
+	$(PY) -m ruff check .
+
 bench: setup
 	$(PY) benchmarks/train_overhead.py
 	$(PY) benchmarks/orchestration.py
+
+# The container image (docs/install.md, "Build the image"). BUILDER=buildah for daemonless builds.
+IMAGE ?= ghcr.io/aimass/aimass:0.1.0
+BUILDER ?= docker
+VARIANT ?= cpu
+wheelhouse: setup
+	PYTHON=$(PY) docker/build-wheelhouse.sh --variant $(VARIANT)
+
+image: wheelhouse
+	$(BUILDER) build -f Containerfile -t $(IMAGE) --build-arg VARIANT=$(VARIANT) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 down:
 	-$(AIMASS) down

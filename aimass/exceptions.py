@@ -177,13 +177,3 @@ class KubernetesError(AimassError):
 class ExecutorError(AimassError):
     code = "executor_error"
     http_status = 502
-
-
-_RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
-
-
-def check_run_id(run_id: str) -> str:
-    """Run ids become storage keys: allow letters, digits, '-' and '_' only."""
-    if not run_id or len(run_id) > 64 or not set(run_id) <= _RUN_ID_CHARS:
-        raise InvalidRequestError("invalid run id", got=run_id, fix="Run ids contain letters, digits, '-' and '_' (see `aimass runs list`).")
-    return run_id

@@ -268,11 +268,9 @@ class Cluster:
         self.temp_dir = rr.ray_temp_dir(home)
 
     def __enter__(self) -> "Cluster":
-        import ray
-
         self.gcs_port = int(os.environ.get("AIMASS_BENCH_RAY_PORT", "6392"))
         address = self.rr.start_local_cluster(self.home, port=self.gcs_port, dashboard_port=free_port())
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        self.rr.connect(address, logging_level="ERROR", log_to_driver=False)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import distinct_free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Before anything imports aimass.settings: every test session gets its own embedded default.
@@ -18,9 +20,12 @@ os.environ["AIMASS_HOME"] = str(_HOME)
 for var in ("AIMASS_TRACKING_URI", "AIMASS_ARTIFACT_ROOT", "AIMASS_RAY_ADDRESS", "RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
     os.environ.pop(var, None)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("AIMASS_RAY_PORT", "6393")
-os.environ.setdefault("AIMASS_RAY_DASHBOARD_PORT", "8293")
-os.environ.setdefault("AIMASS_SERVE_PORT", "8093")
+# The session cluster's GCS, dashboard and Serve ports: what the environment says, else free ones (never a
+# fixed port that another session, engineer or CI job on the same machine may hold).
+for _var, _port in zip(("AIMASS_RAY_PORT", "AIMASS_RAY_DASHBOARD_PORT", "AIMASS_SERVE_PORT"),
+                       distinct_free_ports(3, {int(v) for k in ("AIMASS_RAY_PORT", "AIMASS_RAY_DASHBOARD_PORT",
+                                                                   "AIMASS_SERVE_PORT") if (v := os.environ.get(k))})):
+    os.environ.setdefault(_var, str(_port))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
@@ -53,6 +58,14 @@ def _local_cluster(aimass_home):
     address = start_local_cluster(aimass_home, num_cpus=2)
     yield address
     stop_local_cluster(aimass_home)
+
+
+@pytest.fixture(scope="session")
+def cluster_markers(aimass_home) -> list[str]:
+    """Private paths that name the session cluster's processes (see tests/procs.py): only these may be killed."""
+    from aimass.orchestrator.ray_runtime import ray_temp_dir
+
+    return [ray_temp_dir(aimass_home)]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,9 @@ from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from aimass.api.config import ApiConfig
 from aimass.api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
@@ -41,7 +43,7 @@ from aimass.api.security import BodyLimitMiddleware, RateLimiter, YamlBodyMiddle
 from aimass.exceptions import AimassError, AuthError, InvalidRequestError, NotFoundError, SpecError
 from aimass.orchestrator.executors.base import RUN_ID_PATTERN, UNKNOWN, Executor, SubmissionRef, new_run_id
 
-__all__ = ["create_app", "RateLimitedError", "API_VERSION"]
+__all__ = ["create_app", "RateLimitedError", "ServerMisconfiguredError", "API_VERSION"]
 
 API_VERSION = "v1"
 _MAX_SPEC_DEPTH = 32
@@ -52,6 +54,44 @@ class RateLimitedError(AimassError):
     code = "rate_limited"
     http_status = 429
     retryable = True
+
+
+class ServerMisconfiguredError(AimassError):
+    """The control plane cannot do its job as deployed: an operator must change a setting (named in ``fix``).
+
+    A server-side fault, so a 5xx: no change to the request would help.
+    """
+
+    code = "server_misconfigured"
+    http_status = 500
+    retryable = False
+
+
+class _RunIdConvertor(Convertor):
+    """A ``{run_id:runid}`` path segment: one segment without ``:`` (run ids have none), so ``/runs/x:cancel``
+    is the cancel route's alone, and a method the cancel route lacks gets 405 with *its* ``Allow``. The
+    run-id pattern itself is checked by the route (422 naming it), not by routing (a bare 404)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("runid", _RunIdConvertor())
+
+
+def _backend_problem(backend: Executor) -> ServerMisconfiguredError | None:
+    """What in the server's own configuration stops ``backend`` from running pipelines, if anything."""
+    if getattr(backend, "backend", None) == "k8s" and not getattr(backend, "image", None):
+        return ServerMisconfiguredError(
+            "the control plane has no container image for the Ray pods of a run",
+            fix="Operator: set AIMASS_RAY_IMAGE on the control-plane server to an image with aimass and Ray "
+                "(Helm: ray.image.repository / ray.image.tag) and restart it.")
+    return None
 
 
 class _HeaderError:
@@ -68,14 +108,21 @@ class _Limited(_HeaderError, RateLimitedError):
     pass
 
 
-def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _error_responses(*codes: int, text_route: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers. On a route whose 200 is text/plain (``text_route``), FastAPI would
+    document a ``model`` under the route's own media type; errors are JSON everywhere, so they are
+    spelled out as such."""
     text = {400: "Bad request", 401: "Missing or invalid bearer token", 404: "No such run (or not yours)",
             409: "A run with this id exists", 413: "Body too large", 422: "Invalid request or pipeline spec",
             429: "Rate limited (see Retry-After)", 502: "The cluster backend failed", 503: "The cluster backend is unavailable"}
+    text[500] = "Unexpected server error, or a server misconfiguration (`fix` names the setting)"
+    if text_route:
+        ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        return {c: {"description": text[c], "content": ref} for c in codes}
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
 
 
-_COMMON = (400, 401, 404, 413, 422, 429, 502, 503)
+_COMMON = (400, 401, 404, 413, 422, 429, 500, 502, 503)
 
 
 def _check_shape(obj: Any) -> None:
@@ -207,8 +254,24 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "invalid_request")
         fix = {413: "Send a smaller pipeline spec (keep data out of it).",
                404: "See GET /openapi.json for the routes."}.get(exc.status_code)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route with this path; a path can have several (GET and
+            # POST /v1/pipelines/runs are two routes).
+            allowed = _allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            fix = f"This path takes {', '.join(allowed)}."
         return JSONResponse({"error": code, "message": str(exc.detail), "got": None, "fix": fix, "location": None,
-                             "retryable": False}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+                             "retryable": False}, status_code=exc.status_code, headers=headers or None)
+
+    def _allowed_methods(request: Request) -> list[str]:
+        scope = {"type": "http", "path": request.url.path, "method": "", "root_path": request.scope.get("root_path", "")}
+        methods: set[str] = set()
+        for route in app.router.routes:
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                methods |= set(getattr(route, "methods", None) or ())
+        return sorted(methods)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - bugs
@@ -226,7 +289,9 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
         route = request.scope.get("route")
-        metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - t0)
+        # the template as documented (`{run_id}`), not with its convertor (`{run_id:runid}`)
+        template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+        metrics.observe(request.method, template, response.status_code, time.perf_counter() - t0)
         return response
 
     # --- auth -----------------------------------------------------------------------------------
@@ -277,17 +342,22 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
               responses=_error_responses(*_COMMON, 409), summary="Submit a pipeline run",
               dependencies=[Depends(_only_query())],
               openapi_extra={"requestBody": {"content": {"application/yaml": {"schema": {
-                  "type": "string", "description": "The pipeline file itself (same as {\"specYaml\": ...} in JSON)."}}}}})
+                  "type": "string", "minLength": 1, "pattern": r"\S",
+                  "description": "The pipeline file itself (same as {\"specYaml\": ...} in JSON)."}}}}})
     def submit_run(body: SubmitRunRequest, identity: Principal, request: Request) -> JSONResponse:
         from aimass.spec import parse_pipeline
 
+        be = get_backend()
+        problem = _backend_problem(be)
+        if problem is not None:  # the server's fault, whatever the request: say so before judging the request
+            raise problem
         if body.spec is not None:
             _check_shape(body.spec)
             spec = parse_pipeline(body.spec, source="spec")
         else:
             spec = parse_pipeline(body.spec_yaml or "", source="specYaml")
         run_id = body.run_name or new_run_id()
-        ref = get_backend().submit(spec, run_id, labels=dict(body.labels), owner=identity)
+        ref = be.submit(spec, run_id, labels=dict(body.labels), owner=identity)
         metrics.submissions.inc()
         out = _run_out(ref).model_dump(mode="json", by_alias=True)
         return JSONResponse(out, status_code=201, headers={"Location": f"/v1/pipelines/runs/{ref.run_id}"})
@@ -303,16 +373,16 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
             refs = [r for r in refs if (r.status.state if r.status else UNKNOWN) == state]
         return RunList(items=[_run_out(r) for r in refs[:limit]])
 
-    @app.get("/v1/pipelines/runs/{run_id}", response_model=RunOut, tags=["runs"], responses=_error_responses(*_COMMON),
+    @app.get("/v1/pipelines/runs/{run_id:runid}", response_model=RunOut, tags=["runs"], responses=_error_responses(*_COMMON),
              summary="Get a run", dependencies=[Depends(_only_query())])
     def get_run(run_id: RunId, identity: Principal) -> RunOut:
         ref = find(run_id, identity)
         return _run_out(ref)
 
     # Errors are JSON like everywhere else; only the 200 answer is text/plain.
-    @app.get("/v1/pipelines/runs/{run_id}/logs", tags=["runs"],
+    @app.get("/v1/pipelines/runs/{run_id:runid}/logs", tags=["runs"], response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Log lines"},
-                        **_error_responses(*_COMMON)},
+                        **_error_responses(*_COMMON, text_route=True)},
              summary="The driver's log", dependencies=[Depends(_only_query("tailLines", "follow"))])
     def run_logs(run_id: RunId, identity: Principal,
                  tail_lines: Annotated[int | None, Query(alias="tailLines", ge=1, le=config.max_log_lines,
@@ -338,7 +408,7 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
                         return
         return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
 
-    @app.post("/v1/pipelines/runs/{run_id}:cancel", response_model=RunOut, tags=["runs"],
+    @app.post("/v1/pipelines/runs/{run_id:runid}:cancel", response_model=RunOut, tags=["runs"],
               responses=_error_responses(*_COMMON), summary="Cancel a run", dependencies=[Depends(_only_query())])
     def cancel_run(run_id: RunId, identity: Principal) -> RunOut:
         ref = find(run_id, identity)
@@ -357,11 +427,14 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
             err = None
             try:
                 be = get_backend()
+                problem = _backend_problem(be)
+                if problem is not None:
+                    raise problem
                 ready = getattr(be, "ready", None)
                 if ready is not None:
                     ready()
             except AimassError as exc:
-                err = str(exc)
+                err = str(exc)  # message and fix: an operator reads it
             except Exception as exc:  # a backend we cannot even build is simply not ready
                 err = f"{type(exc).__name__}: {exc}"
             holder.update(ready_at=now, ready_err=err)
@@ -369,9 +442,9 @@ def create_app(config: ApiConfig | None = None, *, backend: Executor | None = No
             return JSONResponse({"status": "unavailable", "detail": holder["ready_err"][:500]}, status_code=503)
         return Health(status="ready")
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics of this API process",
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics of this API process", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
-                        **_error_responses(400, 401, 413, 422, 429)},
+                        **_error_responses(400, 401, 413, 422, 429, 500, text_route=True)},
              dependencies=[Depends(_only_query())])
     def prometheus_metrics(identity: Principal) -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -117,7 +117,10 @@ class ControlPlaneExecutor:
             if body.get("errors"):
                 err = InvalidRequestError(msg + ": " + "; ".join(e.get("message", "") for e in body["errors"]), **kw)
             raise err
-        raise ExecutorError(f"the control plane failed: {msg}", got=r.status_code, retryable=True, fix=body.get("fix"))
+        # The server says whether trying again can help: a misconfigured server (no image) cannot.
+        retryable = body.get("retryable")
+        raise ExecutorError(f"the control plane failed: {msg}", got=r.status_code, fix=body.get("fix"),
+                            retryable=retryable if isinstance(retryable, bool) else True)
 
     def _request(self, method: str, path: str, *, source: str | None = None, **kw: Any) -> Any:
         try:

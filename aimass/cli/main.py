@@ -23,11 +23,11 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 
 # Noun modules under aimass.cli; a module missing from an install is skipped, never fatal.
-NOUNS = ("pipeline", "run", "runs", "models", "serve", "submit", "api")
+NOUNS = ("pipeline", "run", "runs", "models", "serve", "submit", "api", "doctor")
 
 
 def _register_all() -> None:

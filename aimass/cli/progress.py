@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
@@ -14,7 +16,7 @@ from rich.text import Text
 from aimass.orchestrator.runner import RunObserver
 from aimass.orchestrator.state import FAILED, PENDING, RUNNING, SKIPPED, SUCCEEDED, RunState
 
-__all__ = ["LiveProgress", "summary_table", "headline_metrics", "mlflow_ui_hint"]
+__all__ = ["LiveProgress", "headline_metrics", "mlflow_ui_hint", "next_steps", "summary_table"]
 
 _STYLE = {SUCCEEDED: "green", FAILED: "red", RUNNING: "yellow", PENDING: "dim", SKIPPED: "dim"}
 
@@ -40,14 +42,22 @@ def _fmt_s(v: float | None) -> str:
 
 
 def summary_table(state: RunState) -> Table:
-    t = Table(title=f"run {state.run_id} · {state.pipeline} · [{_STYLE.get(state.status, '')}]{state.status}[/]",
-              title_justify="left", show_lines=False)
-    for col in ("step", "type", "status", "cached", "attempts", "duration", "result"):
-        t.add_column(col, overflow="fold")
+    """One row per step: status, cache hit, attempts, duration and its headline result; readable at 80 columns.
+
+    The ``type`` column is shown only when some step is named differently from its type (it would repeat
+    the name otherwise, taking width from the results).
+    """
+    from aimass.cli.common import table
+
+    show_type = any(st.name != st.type for st in state.steps.values())
+    short = {"no_wrap": True}  # short cells stay whole; the result column folds
+    cols: list = ["step", *(["type"] if show_type else []), ("status", short), ("cached", short),
+                  ("tries", {"justify": "right", **short}), ("time", {"justify": "right", **short}), "result"]
+    t = table(*cols, title=f"run {state.run_id} · {state.pipeline} · [{_STYLE.get(state.status, '')}]{state.status}[/]")
     for st in state.steps.values():
         result = headline_metrics(st.outputs) if st.status == SUCCEEDED else (st.error or {}).get("message", "")
-        t.add_row(st.name, st.type, f"[{_STYLE.get(st.status, '')}]{st.status}[/]", "yes" if st.cached else "",
-                  str(st.attempts), _fmt_s(st.duration_s), result)
+        t.add_row(st.name, *([st.type] if show_type else []), f"[{_STYLE.get(st.status, '')}]{st.status}[/]",
+                  "yes" if st.cached else "", str(st.attempts), _fmt_s(st.duration_s), escape(result or ""))
     return t
 
 
@@ -113,3 +123,91 @@ class LiveProgress(RunObserver):
     def stop(self) -> None:
         if self.live.is_started:
             self.live.stop()
+
+
+def _aliases(state: RunState, step_name: str, champion: bool) -> list[str]:
+    """The aliases the register step set on its new version (from the run's own spec)."""
+    challenger, champ = "challenger", "champion"
+    try:
+        from aimass.spec import parse_pipeline
+
+        spec = parse_pipeline(state.spec, source=f"run {state.run_id}")
+        cfg = next(s for s in spec.steps if s.name == step_name).parsed_config
+        challenger, champ = cfg.challenger_alias, cfg.champion_alias
+    except Exception:  # noqa: BLE001 - an old or foreign spec: the default aliases
+        pass
+    return [challenger, champ] if champion else [challenger]
+
+
+def _shell_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def next_steps(state: RunState, pipeline_file: str | None = None, settings: Any = None) -> list[str] | None:
+    """The "what just happened / what next" lines printed after a run that deployed a model.
+
+    Returns None when the run served nothing (no succeeded deploy step). Each command is one line, so
+    it stays copy-pasteable however narrow the terminal is.
+    """
+    from pathlib import Path
+
+    deploy = next((s for s in state.steps.values() if s.type == "deploy" and s.status == SUCCEEDED
+                   and isinstance(s.outputs.get("endpoint"), dict)), None)
+    if deploy is None:
+        return None
+    if settings is None:
+        from aimass.settings import Settings
+
+        settings = Settings.load()
+    ep = deploy.outputs["endpoint"]
+    model, url = ep.get("model") or "MODEL", (ep.get("url") or "").rstrip("/")
+    infer_url = ep.get("infer_url") or f"{url}/v2/models/{model}/infer"
+    lines = ["[bold]What just happened[/]"]
+    steps = list(state.steps.values())
+    took = f" in {state.duration_s:.0f}s" if state.duration_s else ""
+    lines.append(f"  run {state.run_id}: {len(steps)} steps{took} ({' → '.join(s.name for s in steps)})")
+    lines.append("  " + mlflow_ui_hint(state))
+    reg = next((s for s in steps if s.type == "register" and isinstance(s.outputs.get("model_version"), dict)), None)
+    if reg is not None:
+        mv = reg.outputs["model_version"]
+        aliases = _aliases(state, reg.name, bool(mv.get("champion")))
+        gate = "gate passed" if mv.get("champion") else "gate not passed: champion unchanged"
+        lines.append(f"  registered {mv.get('name')} version {mv.get('version')}, aliases: {', '.join(aliases)} ({gate})")
+    lines.append(f"  serving {model} version {ep.get('version')} at {infer_url} (application {ep.get('app')})")
+
+    request = None
+    if pipeline_file:
+        cand = Path(pipeline_file).parent / "examples" / f"{ep.get('registered') or model}-request.json"
+        if cand.is_file():
+            request = str(cand)
+    body = f"@{request}" if request else "@rows.json"
+    lines.append("")
+    lines.append("[bold]What next[/]")
+    lines.append(f"  aimass predict {model} --input {body}")
+    if os.environ.get("AIMASS_SERVE_TOKEN"):
+        token = "$AIMASS_SERVE_TOKEN"
+    else:
+        token = f"$(cat {_shell_quote(str(Path(settings.serve_token_file or Path(settings.home) / 'serve-token')))})"
+    data = f"-d {_shell_quote(body)}" if request else """-d '{"inputs": [{"name": "input", "shape": [1, N], "datatype": "FP32", "data": [...]}]}'"""
+    lines.append(f"  curl -s -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' {data} {infer_url}")
+    lines.append("  aimass serving status           # what is served, replicas, rollout events")
+    lines.append("  aimass down                     # stop the local cluster and every model it serves")
+    examples = _examples(pipeline_file)
+    if examples:
+        lines.append("  more pipelines: " + "  ".join(f"aimass run {e}" for e in examples))
+    lines.append("  the examples table: README.md#examples · the reference: docs/cli.md")
+    from rich.markup import escape
+
+    return [ln if ln.startswith("[bold]") else escape(ln) for ln in lines]
+
+
+def _examples(pipeline_file: str | None) -> list[str]:
+    """The other example pipelines next to the one that ran (the image, text and compress ones as they land)."""
+    from pathlib import Path
+
+    if not pipeline_file:
+        return []
+    here = Path(pipeline_file)
+    return sorted(str(p) for p in here.parent.glob("*.yaml") if p.name != here.name)[:6]

@@ -74,16 +74,24 @@ def run(
         if observer:
             observer.stop()
         err_console.print("interrupted: continue with `aimass run --resume <run id>` (see `aimass runs list`)")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if output == Output.json:
         d = state.to_dict()
         d.pop("spec", None)
         emit_json(d)
     else:
-        from aimass.cli.progress import mlflow_ui_hint, summary_table
+        from aimass.cli.progress import mlflow_ui_hint, next_steps, summary_table
 
+        if observer is not None and not console.is_terminal:
+            console.print()  # the live view's last line has no newline of its own when not on a terminal
         console.print(summary_table(state))
-        console.print(mlflow_ui_hint(state))
+        lines = next_steps(state, str(file) if file else None, settings) if state.status == "SUCCEEDED" else None
+        if lines:
+            console.print()
+            for line in lines:  # soft wrap: each command stays one line to copy, however narrow the terminal
+                console.print(line, soft_wrap=True, highlight=False)
+        else:
+            console.print(mlflow_ui_hint(state), soft_wrap=True, highlight=False)
         if state.status != "SUCCEEDED":
             console.print(f"[red]{(state.error or {}).get('message', 'failed')}[/]\nFix it, then: aimass run --resume {state.run_id}")
     raise typer.Exit(0 if state.status == "SUCCEEDED" else 1)

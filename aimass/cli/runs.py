@@ -6,9 +6,10 @@ import time
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, err_console, fail
+from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, err_console, fail, table
 from aimass.exceptions import AimassError, InvalidRequestError, NotFoundError
 
 __all__ = ["register"]
@@ -146,18 +147,20 @@ def list_cmd(
     if not rows:
         console.print("no runs yet: `aimass run FILE` runs one here, `aimass submit FILE --to k8s` on a cluster")
         return
-    t = Table()
-    t.add_column("run", no_wrap=True)
-    t.add_column("pipeline")
-    t.add_column("where")
-    t.add_column("state", no_wrap=True)
-    t.add_column("started")
-    t.add_column("duration", no_wrap=True)
-    t.add_column("message", overflow="fold")
+    console.print(runs_table(rows))
+
+
+def runs_table(rows: list[dict[str, Any]]) -> Table:
+    """Runs, one per row, laid out for 80 columns: the id (whole, to copy) over its pipeline and where it runs,
+    the state over its duration, the start time, and the last message, which folds."""
+    t = table(("run", {"no_wrap": True}), ("state", {"no_wrap": True}), ("started", {"no_wrap": True}), "message")
     for r in rows:
-        t.add_row(r["run_id"], r["pipeline"], r["where"], _state(r["state"]), _fmt_time(r["started_at"]),
-                  _fmt_duration(r["started_at"], r["finished_at"]), (r.get("message") or "")[:80])
-    console.print(t)
+        msg = r.get("message") or ""
+        started = time.strftime("%m-%d %H:%M", time.localtime(r["started_at"])) if r.get("started_at") else ""
+        t.add_row(f"{r['run_id']}\n[dim]{escape(str(r['pipeline']))} · {escape(str(r['where']))}[/]",
+                  f"{_state(r['state'])}\n[dim]{_fmt_duration(r['started_at'], r['finished_at'])}[/]", started,
+                  escape(msg if len(msg) <= 200 else msg[:197] + "..."))
+    return t
 
 
 def _find_ref(run_id: str, backend: tuple) -> tuple[Any, Any] | tuple[None, None]:
@@ -229,12 +232,22 @@ def _show_local(run: Any, output: Output) -> None:
     console.print(f"run [bold]{run.run_id}[/]  pipeline [bold]{run.pipeline}[/]  local  {_state(run.status)}")
     console.print(f"  started: {_fmt_time(run.started_at)}   duration {_fmt_duration(run.started_at, run.finished_at)}"
                   + (f"   MLflow run {run.mlflow_run_id}" if run.mlflow_run_id else ""))
-    t = Table("step", "state", "cached", "duration", "outputs", "MLflow run")
+    console.print(local_run_table(run))
+
+
+def local_run_table(run: Any) -> Table:
+    """The steps of a local run: state, cache hit, duration, and the headline outputs (which fold) over the
+    step's MLflow run id (whole, to copy)."""
+    from aimass.cli.progress import headline_metrics
+
+    short = {"no_wrap": True}
+    t = table("step", ("state", short), ("cached", short), ("time", {"justify": "right", **short}), "outputs · MLflow run")
     for name, s in run.steps.items():
-        outs = ", ".join(f"{k}={v}" for k, v in s.outputs.items())
+        outs = headline_metrics(s.outputs) or ", ".join(f"{k}={v}" for k, v in s.outputs.items())
+        outs = outs if len(outs) <= 300 else outs[:297] + "..."
         t.add_row(name, _state(s.status), "yes" if s.cached else "", f"{s.duration_s:.1f}s" if s.duration_s else "",
-                  outs[:80], s.mlflow_run_id or "")
-    console.print(t)
+                  escape(outs) + (f"\n[dim]{s.mlflow_run_id}[/]" if s.mlflow_run_id else ""))
+    return t
 
 
 @runs_app.command("logs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -11,7 +12,7 @@ import typer
 from rich.table import Table
 
 from aimass.cli.common import OUTPUT_OPTION, Output, console, emit_json, fail
-from aimass.exceptions import AimassError, InvalidRequestError, SpecError
+from aimass.exceptions import AimassError, InvalidRequestError, ServingError, SpecError
 
 __all__ = ["register"]
 
@@ -95,9 +96,8 @@ def serve_cmd(
         from aimass.orchestrator.ray_runtime import ensure_ray
 
         ensure_ray(settings.ray_address)
-        from aimass.serving.deploy import deploy
-
         from aimass.serving.controller import load_state
+        from aimass.serving.deploy import deploy
 
         if base is not None:
             doc = base.dump()
@@ -149,29 +149,42 @@ def serve_cmd(
     console.print(f"\nTry: [bold]aimass predict {first} --input '[[...]]'[/]  (token: {st.get('token_file') or 'see auth'})")
 
 
+def app_tables(st: dict[str, Any]) -> list[Table]:
+    """The tables of one application's status: its models, its deployments and its recent rollout events."""
+    import datetime as _dt
+
+    from aimass.cli.common import table
+
+    out = []
+    t = table("model", "kind", "registered", ("version", {"no_wrap": True}), ("canary", {"no_wrap": True}),
+              ("share", {"no_wrap": True}))
+    for m in st["models"]:
+        t.add_row(m["name"], m["kind"], m["registered"], m["version"], m.get("challenger") or "",
+                  "" if m.get("canary_share") is None else f"{m['canary_share']:.0%}")
+    out.append(t)
+    if st.get("deployments"):
+        d = table("deployment", ("status", {"no_wrap": True}), "replicas")
+        for n, info in sorted(st["deployments"].items()):
+            d.add_row(n, info["status"], ", ".join(f"{k}: {v}" for k, v in info["replicas"].items()))
+        out.append(d)
+    events = st.get("events") or []
+    if events:
+        e = table(("time", {"no_wrap": True}), "event", "details")
+        for ev in events[-8:]:
+            details = {k: v for k, v in ev.items() if k not in ("at", "event")}
+            text = json.dumps(details, default=str)
+            e.add_row(_dt.datetime.fromtimestamp(ev["at"]).strftime("%H:%M:%S"), ev["event"],
+                      text if len(text) <= 240 else text[:237] + "...")
+        out.append(e)
+    return out
+
+
 def _print_app(st: dict[str, Any]) -> None:
     console.print(f"[bold]{st['name']}[/]  {st['status']}  {st.get('url') or ''}  auth: {st.get('auth')}")
     if st.get("direct_urls"):
         console.print(f"  direct (ingress replicas, one hop less): {', '.join(st['direct_urls'])}")
-    t = Table("model", "kind", "registered", "version", "canary", "share")
-    for m in st["models"]:
-        t.add_row(m["name"], m["kind"], m["registered"], m["version"], m.get("challenger") or "",
-                  "" if m.get("canary_share") is None else f"{m['canary_share']:.0%}")
-    console.print(t)
-    if st.get("deployments"):
-        d = Table("deployment", "status", "replicas")
-        for n, info in sorted(st["deployments"].items()):
-            d.add_row(n, info["status"], ", ".join(f"{k}: {v}" for k, v in info["replicas"].items()))
-        console.print(d)
-    events = st.get("events") or []
-    if events:
-        import datetime as _dt
-
-        e = Table("time", "event", "details")
-        for ev in events[-8:]:
-            details = {k: v for k, v in ev.items() if k not in ("at", "event")}
-            e.add_row(_dt.datetime.fromtimestamp(ev["at"]).strftime("%H:%M:%S"), ev["event"], json.dumps(details, default=str)[:120])
-        console.print(e)
+    for t in app_tables(st):
+        console.print(t)
 
 
 def _read_input(spec: str) -> Any:
@@ -181,14 +194,85 @@ def _read_input(spec: str) -> Any:
         try:
             text = Path(spec[1:]).read_text()
         except OSError as e:
-            raise InvalidRequestError(f"cannot read the input file: {e.strerror}", got=spec[1:]) from None
+            raise InvalidRequestError(f"cannot read the input file: {e.strerror}", got=spec[1:],
+                                      fix="Give @PATH of a JSON file with rows ([[...], ...]) or a V2 request body.") from None
+        except UnicodeDecodeError:
+            raise InvalidRequestError("the input file is not text", got=spec[1:],
+                                      fix="Give @PATH of a JSON file with rows ([[...], ...]) or a V2 request body.") from None
     else:
         text = spec
     try:
         return json.loads(text)
     except ValueError as e:
-        raise InvalidRequestError(f"--input is not valid JSON: {e}",
+        what = f"the input file {spec[1:]}" if spec.startswith("@") else "--input"
+        raise InvalidRequestError(f"{what} is not valid JSON ({e})",
                                   fix="Give rows as JSON ([[...], [...]]), a V2 request body, @file.json or - for stdin.") from None
+
+
+def signature_text(meta: dict[str, Any]) -> str:
+    """A model's inputs as one short phrase, e.g. ``input 'input' FP32 [-1, 64] (rows of 64 values)``."""
+    parts = []
+    for t in meta.get("inputs") or []:
+        shape = [int(d) for d in t.get("shape", [])]
+        per_row = shape[1:]
+        rows = ""
+        if per_row and all(d > 0 for d in per_row):
+            rows = f" (rows of {' x '.join(str(d) for d in per_row)} value{'s' if math.prod(per_row) != 1 else ''})"
+        parts.append(f"input {t.get('name')!r} {t.get('datatype')} {shape}{rows}")
+    return "; ".join(parts) or "no declared inputs"
+
+
+def _given_text(shape: tuple[int, ...]) -> str:
+    if len(shape) == 0:
+        return "a single number"
+    if len(shape) == 1:
+        return f"one row of {shape[0]} value{'s' if shape[0] != 1 else ''}"
+    per = list(shape[1:])
+    return f"{shape[0]} row{'s' if shape[0] != 1 else ''} of {' x '.join(str(d) for d in per)} values (shape {list(shape)})"
+
+
+def check_rows(model: str, meta: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Refuse rows that cannot fit the model's single numeric input, naming the signature and what was given."""
+    specs = meta.get("inputs") or []
+    if len(specs) != 1 or specs[0].get("datatype") == "BYTES":
+        return  # several inputs or raw inputs: the server validates and names the problem
+    want = [int(d) for d in specs[0].get("shape", [])]
+    got = list(shape)
+    if len(got) == len(want) - 1:
+        got = [1, *got]  # one row without its batch dimension
+    ok = len(got) == len(want) and all(w < 0 or w == g for w, g in zip(want[1:], got[1:])) and (not got or got[0] > 0)
+    if not ok:
+        raise InvalidRequestError(f"{model!r} expects {signature_text(meta)}; given {_given_text(shape)}",
+                                  fix="Send rows shaped like the signature (see --help for the input formats).")
+
+
+def predictions_table(model_name: str, version: str | None, preds: list[dict[str, Any]], show_all: bool = False) -> Table:
+    """Per row: the predicted class, its probability and the top-k classes (all of them with ``show_all``)."""
+    from aimass.cli.common import table
+
+    k = max((len(p["top"]) for p in preds), default=0)
+    head = "all classes" if show_all else f"top {k}"
+    t = table(("row", {"justify": "right", "no_wrap": True}), ("predicted", {"style": "bold green"}),
+              ("p", {"justify": "right", "no_wrap": True}), head,
+              title=f"{model_name} v{version}" if version else model_name)
+    for r, p in enumerate(preds):
+        t.add_row(str(r), p["class"], f"{p['probability']:.3f}", "  ".join(f"{c['class']}: {c['probability']:.3f}" for c in p["top"]))
+    return t
+
+
+def predictions(probs: Any, names: list[str], top_k: int) -> list[dict[str, Any]]:
+    """One dict per row: class, index, probability, the top-k classes and the full probability vector."""
+    import numpy as np
+
+    rows = probs.reshape(probs.shape[0], -1)
+    out = []
+    for row in rows:
+        order = np.argsort(-row, kind="stable")
+        k = int(order[0])
+        out.append({"class": names[k], "index": k, "probability": float(row[k]),
+                    "top": [{"class": names[i], "probability": float(row[i])} for i in order[:top_k]],
+                    "probabilities": {names[i]: float(p) for i, p in enumerate(row)}})
+    return out
 
 
 def predict_cmd(
@@ -197,67 +281,90 @@ def predict_cmd(
     url: Optional[str] = typer.Option(None, "--url", help="Server URL (default http://127.0.0.1:$AIMASS_SERVE_PORT)."),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="File with the bearer token (default: AIMASS_SERVE_TOKEN(_FILE), $AIMASS_HOME/serve-token)."),
     version: Optional[str] = typer.Option(None, "--version", help="Pin a served version."),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Classes shown per row, most likely first."),
+    show_all: bool = typer.Option(False, "--all", help="Show every class's probability (--output json always has them)."),
+    timeout_s: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds to wait for each answer of the server."),
     output: Output = OUTPUT_OPTION,
 ) -> None:
-    """Send rows to a served model and print class probabilities and the predicted class.
+    """Send rows to a served model and print, per row, the predicted class, its probability and the top-k.
 
     Examples:
 
-      aimass predict digits --input '[[0, 0, 5, 13, 9, 1, 0, 0, ...]]'
+      aimass predict digits --input @pipelines/examples/digits-request.json
 
-      aimass predict digits --input @rows.json --output json
+      aimass predict digits --input '[[0, 0, 5, 13, 9, 1, 0, 0, ...]]' --top-k 5
+
+      aimass predict digits --input @rows.json --output json    # every class's probability
 
       echo '[[...]]' | aimass predict digits --input -
     """
+    import httpx
     import numpy as np
 
     from aimass.serving.client import Client
     from aimass.settings import Settings
 
+    base = url or ""
     try:
         data = _read_input(input)
         base = url or f"http://127.0.0.1:{Settings.load().serve_http_port}"
-        with Client(base, token_file=token_file) as c:
+        try:
+            client = Client(base, token_file=token_file, timeout_s=timeout_s, retries=0)
+        except OSError as e:
+            raise InvalidRequestError(f"cannot read the token file: {e.strerror}", got=str(e.filename),
+                                      fix="Give --token-file PATH of the serving token ($AIMASS_HOME/serve-token by default).") from None
+        with client as c:
+            meta = _served_model(c, base, model, version)
             if isinstance(data, dict) and "inputs" in data:
-                inputs = {t["name"]: np.asarray(t["data"], dtype=np.float64).reshape(t["shape"]) for t in data["inputs"]}
-            else:
+                if not isinstance(data["inputs"], list) or not all(isinstance(t, dict) for t in data["inputs"]):
+                    raise InvalidRequestError("a V2 request body's inputs must be a list of tensors",
+                                              fix='Send {"inputs": [{"name": ..., "shape": [...], "datatype": "FP32", "data": [...]}]}.')
+                inputs = {t.get("name"): np.asarray(t.get("data"), dtype=np.float64).reshape(t.get("shape")) for t in data["inputs"]}
+            elif isinstance(data, (list, int, float)):
                 inputs = np.asarray(data, dtype=np.float64)
+                check_rows(model, meta, inputs.shape)
+            else:
+                raise InvalidRequestError(f"{model!r} expects {signature_text(meta)}; given a JSON {type(data).__name__}",
+                                          fix="Give rows as JSON ([[...], [...]]) or a V2 request body with \"inputs\".")
+            c.retries = 1
             res = c.infer(model, inputs, version=version)
     except AimassError as exc:
         fail(exc, output)
         return
+    except httpx.HTTPError as exc:  # a timeout or a broken connection: one line, never a traceback
+        fail(ServingError(f"the inference server at {base} did not answer ({type(exc).__name__})", retryable=True,
+                          fix="Check `aimass serving status`; a busy server may need a retry."), output)
+        return
     except (ValueError, TypeError) as exc:
-        fail(InvalidRequestError(f"--input does not hold numbers in rows: {exc}"), output)
+        fail(InvalidRequestError(f"--input does not hold numbers in rows ({str(exc).splitlines()[0][:200]})",
+                                 fix="Give rows of numbers, e.g. [[0.1, 2, 3], [4, 5, 6]]."), output)
         return
     probs = next(iter(res.outputs.values()))
     names = res.class_names or [str(i) for i in range(probs.shape[-1])]
-    preds = []
-    for row in probs.reshape(probs.shape[0], -1):
-        k = int(row.argmax())
-        preds.append({"class": names[k], "index": k, "probability": float(row[k]),
-                      "probabilities": {names[i]: float(p) for i, p in enumerate(row)}})
+    n = probs.reshape(probs.shape[0], -1).shape[1]
+    preds = predictions(probs, names, n if show_all else min(top_k, n))
     if output == Output.json:
         emit_json({"model_name": res.model_name, "model_version": res.model_version, "predictions": preds})
         return
-    shown = list(range(len(names))) if len(names) <= 10 else None
-    t = Table(title=f"{res.model_name} v{res.model_version}")
-    t.add_column("row", justify="right")
-    t.add_column("predicted", style="bold green")
-    t.add_column("p", justify="right")
-    for i in shown or []:
-        t.add_column(names[i], justify="right")
-    if shown is None:
-        t.add_column("top 5")
-    for r, p in enumerate(preds):
-        row = probs.reshape(probs.shape[0], -1)[r]
-        cells = [str(r), p["class"], f"{p['probability']:.3f}"]
-        if shown is not None:
-            cells += [f"{row[i]:.3f}" for i in shown]
-        else:
-            top = np.argsort(row)[::-1][:5]
-            cells.append(", ".join(f"{names[i]}={row[i]:.3f}" for i in top))
-        t.add_row(*cells)
-    console.print(t)
+    console.print(predictions_table(res.model_name, res.model_version, preds, show_all))
+
+
+def _served_model(c: Any, base: str, model: str, version: str | None) -> dict[str, Any]:
+    """The served model's metadata, or one line on why there is none (nothing serving, no such model)."""
+    from aimass.exceptions import NotFoundError
+
+    try:
+        return c.metadata(model, version)
+    except NotFoundError as e:
+        raise NotFoundError(f"model {model!r}{f' version {version}' if version else ''} is not served at {base} ({e.message})",
+                            fix="See `aimass serving status` for what is served; serve it with "
+                                f"`aimass serve models:/{model}@champion`.") from None
+    except ServingError as e:
+        if e.retryable and "cannot reach" in e.message:
+            raise ServingError(f"nothing is serving at {base}, so {model!r} is not served", retryable=True,
+                               fix=f"Serve it (`aimass serve models:/{model}@champion` or `aimass run pipelines/quickstart.yaml`), "
+                                   "or give --url of the server.") from None
+        raise
 
 
 def _connect_existing(settings) -> bool:

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aimass.data.dataset import Dataset
+from aimass.data.splits import split_indices
 from aimass.exceptions import SpecError, StepError
 
-__all__ = ["prepare", "PrepareReport"]
+__all__ = ["PrepareReport", "prepare"]
 
 
 @dataclass
@@ -20,9 +21,11 @@ class PrepareReport:
     duplicates_dropped: int = 0
     augmented_rows: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    # source row ids (0-based, before cleaning) of each split: the split manifest
+    split_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _clean(x: np.ndarray, y: np.ndarray, cfg, rep: PrepareReport) -> tuple[np.ndarray, np.ndarray]:
+def _clean(x: np.ndarray, y: np.ndarray, ids: np.ndarray, cfg, rep: PrepareReport):
     nan = np.isnan(x)
     if nan.any():
         if cfg.missing == "error":
@@ -30,7 +33,7 @@ def _clean(x: np.ndarray, y: np.ndarray, cfg, rep: PrepareReport) -> tuple[np.nd
         if cfg.missing == "drop":
             keep = ~nan.any(axis=1)
             rep.rows_missing_dropped = int((~keep).sum())
-            x, y = x[keep], y[keep]
+            x, y, ids = x[keep], y[keep], ids[keep]
         else:
             rep.values_imputed = int(nan.sum())
             if cfg.missing == "zero":
@@ -45,26 +48,8 @@ def _clean(x: np.ndarray, y: np.ndarray, cfg, rep: PrepareReport) -> tuple[np.nd
         _, first = np.unique(rows, axis=0, return_index=True)
         first.sort()
         rep.duplicates_dropped = len(x) - len(first)
-        x, y = x[first], y[first]
-    return x, y
-
-
-def _split(x, y, cfg, seed: int):
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(y)
-    strat = cfg.stratify and counts[counts > 0].min() >= 2
-    rest = cfg.val + cfg.test
-    x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=rest, random_state=seed, stratify=y if strat else None)
-    if cfg.test == 0:
-        return x_tr, y_tr, x_rest, y_rest, x_rest[:0], y_rest[:0]
-    if cfg.val == 0:
-        return x_tr, y_tr, x_rest[:0], y_rest[:0], x_rest, y_rest
-    rc = np.bincount(y_rest)
-    strat2 = cfg.stratify and rc[rc > 0].min() >= 2
-    x_val, x_te, y_val, y_te = train_test_split(x_rest, y_rest, test_size=cfg.test / rest, random_state=seed,
-                                                stratify=y_rest if strat2 else None)
-    return x_tr, y_tr, x_val, y_val, x_te, y_te
+        x, y, ids = x[first], y[first], ids[first]
+    return x, y, ids
 
 
 def _augment(x, y, cfg, scale, image_shape, seed):
@@ -90,16 +75,20 @@ def prepare(x: np.ndarray, y: np.ndarray, class_names: list[str], cfg, seed: int
     """Turn raw rows into train/val/test arrays. Normalisation statistics come from the training split only."""
     rep = PrepareReport(rows_in=len(x))
     x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    ids = np.arange(len(x))
     if cfg.max_rows and len(x) > cfg.max_rows:
         idx = np.sort(np.random.default_rng(seed).choice(len(x), cfg.max_rows, replace=False))
-        x, y = x[idx], y[idx]
-    x, y = _clean(x, y, cfg.clean, rep)
+        x, y, ids = x[idx], y[idx], ids[idx]
+    x, y, ids = _clean(x, y, ids, cfg.clean, rep)
     if len(np.unique(y)) < 2:
         raise StepError("the data has fewer than 2 classes after cleaning", got=len(np.unique(y)),
                         fix="Check the label column and the cleaning settings.")
     if len(x) < 10:
         raise StepError("fewer than 10 rows left after cleaning", got=len(x), fix="Use more data or clean.missing: mean.")
-    x_tr, y_tr, x_val, y_val, x_te, y_te = _split(x, y, cfg.split, seed)
+    i_tr, i_val, i_te = split_indices(len(y), cfg.split, seed, strat=y, class_names=list(class_names))
+    x_tr, y_tr, x_val, y_val, x_te, y_te = x[i_tr], y[i_tr], x[i_val], y[i_val], x[i_te], y[i_te]
+    rep.split_ids = {"train": sorted(int(i) for i in ids[i_tr]), "val": sorted(int(i) for i in ids[i_val]),
+                     "test": sorted(int(i) for i in ids[i_te])}
     if cfg.normalize == "standard":
         mean, scale = x_tr.mean(axis=0), x_tr.std(axis=0)
     elif cfg.normalize == "minmax":

@@ -9,7 +9,7 @@ import numpy as np
 
 from aimass.exceptions import InvalidRequestError, SpecError, StorageError
 
-__all__ = ["load_source", "RawData"]
+__all__ = ["RawData", "load_source"]
 
 RawData = tuple[np.ndarray, np.ndarray, list[str]]  # features, labels (as ints), class names
 
@@ -62,7 +62,7 @@ def _table(path: Path, fmt: str, label: str) -> RawData:
     non_numeric = [c for c in feats.columns if not pd.api.types.is_numeric_dtype(feats[c].dtype)]
     if non_numeric:
         raise SpecError(f"non-numeric feature columns in {path.name}", got=non_numeric[:10],
-                        fix="Encode them as numbers, or drop them, before the pipeline.")
+                        fix="Set modality: table (categorical columns are then encoded for you), or drop them.")
     return feats.to_numpy(dtype=np.float32), y, names
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from aimass.exceptions import InvalidRequestError
+from aimass.k8s.image import DEFAULT_IMAGE
 from aimass.orchestrator.executors.base import build_entrypoint, check_run_id, entrypoint_string
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -303,7 +304,7 @@ def build_rayjob(
     run_id: str,
     namespace: str,
     *,
-    image: str,
+    image: str | None = None,
     service_account: str | None = None,
     cluster_selector: str | dict[str, str] | None = None,
     cluster: ClusterShape | None = None,
@@ -330,7 +331,8 @@ def build_rayjob(
         spec: the validated pipeline.
         run_id: the run id (the RayJob is named ``aimass-<run_id>``).
         namespace: where the RayJob goes.
-        image: the container image with aimass and the same Ray version installed.
+        image: the container image with aimass and the same Ray version installed (default:
+            :data:`aimass.k8s.image.DEFAULT_IMAGE`, the image of this aimass version).
         service_account: the ServiceAccount of the Ray pods (e.g. for S3 access through IRSA).
         cluster_selector: the name of an existing RayCluster (or a full ``clusterSelector`` map);
             a new RayCluster is created for the run when unset.
@@ -351,6 +353,7 @@ def build_rayjob(
     """
     check_run_id(run_id)
     _check_name("namespace", namespace)
+    image = DEFAULT_IMAGE if image is None else image
     if not image or any(c.isspace() for c in image):
         raise InvalidRequestError("a container image is required", got=image or None,
                                   fix="Pass --image or set AIMASS_RAY_IMAGE to an image with aimass installed.")
@@ -481,7 +484,7 @@ def build_rayservice(
     name: str,
     namespace: str,
     *,
-    image: str,
+    image: str | None = None,
     service_account: str | None = None,
     cluster: ClusterShape | None = None,
     labels: dict[str, str] | None = None,
@@ -500,8 +503,12 @@ def build_rayservice(
     (``{"applications": [...]}``) or its YAML text. Pods follow the same restricted profile as RayJobs.
     ``high_throughput`` turns on Ray Serve's high-throughput mode on every pod (HAProxy in front of the
     ingress replicas on port 8000, gRPC between deployments), as the chart's ``serving.highThroughput``
-    does; ``env`` overrides it.
+    does; ``env`` overrides it. ``image`` defaults to :data:`aimass.k8s.image.DEFAULT_IMAGE`.
     """
+    image = DEFAULT_IMAGE if image is None else image
+    if not image or any(c.isspace() for c in image):
+        raise InvalidRequestError("a container image is required", got=image or None,
+                                  fix="Pass an image with aimass and the same Ray version installed.")
     if isinstance(serve_config, str):
         serve_v2 = serve_config
     elif isinstance(serve_config, dict):

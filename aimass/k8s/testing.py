@@ -252,7 +252,7 @@ class FakeKubeApi:
             return self._route(method, path, query, body)
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> rest.RESTResponse:
-        for regex, group, version in _ROUTES:
+        for regex, group, _version in _ROUTES:
             m = regex.match(path)
             if not m:
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -22,11 +23,30 @@ WEIGHT_FILES = {"safetensors": "weights.safetensors", "state_dict": "weights.pt"
 
 
 def save_model(model, directory: str | Path, fmt: Literal["safetensors", "state_dict"] = "safetensors") -> Path:
-    """Write ``card.json`` and the weights into ``directory``; returns the directory."""
+    """Write ``card.json`` and the weights into ``directory``; returns the directory.
+
+    An ONNX model (``card.runtime == "onnxruntime"``) is written as its ``model.onnx``, an ensemble as its members. An int8-quantized
+    model is always written as a ``weights_only`` state dict: safetensors cannot hold packed int8 weights.
+    """
     import torch
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    if getattr(model.card, "runtime", "torch") == "ensemble":
+        return model.save(d)
+    if getattr(model.card, "runtime", "torch") == "onnxruntime":
+        from aimass.compress.onnx import ONNX_FILE
+
+        shutil.copyfile(Path(model.directory) / ONNX_FILE, d / ONNX_FILE)
+        (d / CARD_FILE).write_text(json.dumps(model.card.to_dict(), indent=2))
+        return d
+    if (getattr(model.card, "compression", None) or {}).get("quantize"):
+        # The state dict object itself: its _metadata (module versions) is what the int8 modules need to load.
+        torch.save(model.state_dict(), d / WEIGHT_FILES["state_dict"])
+        if hasattr(model, "save_assets"):
+            model.save_assets(d)
+        (d / CARD_FILE).write_text(json.dumps(model.card.to_dict(), indent=2))
+        return d
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file
@@ -54,7 +74,19 @@ def load_model(directory: str | Path, device: str = "cpu"):
 
     d = Path(directory)
     card = load_card(d)
+    if card.runtime == "ensemble":
+        from aimass.compress.ensemble import EnsembleModel
+
+        return EnsembleModel.load(d, card, device).to(device)
+    if card.runtime == "onnxruntime":
+        from aimass.compress.onnx import OnnxModel
+
+        return OnnxModel(d, card).to(device)
     model = build_model(card, assets=d)
+    if card.compression:
+        from aimass.compress.quantize import apply_compression
+
+        model = apply_compression(model, card.compression)
     st, pt = d / WEIGHT_FILES["safetensors"], d / WEIGHT_FILES["state_dict"]
     if st.is_file():
         from safetensors.torch import load_file

@@ -74,6 +74,10 @@ class ModelCard:
     preprocess: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
     lineage: dict[str, Any] = field(default_factory=dict)
+    # Set by the compress step, e.g. {"quantize": "dynamic_int8"}: structure re-applied before the weights load.
+    compression: dict[str, Any] | None = None
+    # "torch" (weights + card), "onnxruntime" (model.onnx + card, see aimass.compress.onnx) or "ensemble" (members).
+    runtime: str = "torch"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -58,5 +58,9 @@ def lookup(store, key: str) -> dict[str, Any] | None:
     return entry if outputs_available(store, entry.get("outputs", {})) else None
 
 
-def store_entry(store, key: str, *, outputs: dict[str, Any], run_id: str, step: str) -> None:
-    store.put_bytes(_key(key), _canon({"outputs": outputs, "run_id": run_id, "step": step, "created": time.time()}).encode())
+def store_entry(store, key: str, *, outputs: dict[str, Any], run_id: str, step: str, mlflow_run_id: str | None = None) -> None:
+    """Record a step's outputs under its key, with the run (and its MLflow run) that produced them."""
+    entry = {"outputs": outputs, "run_id": run_id, "step": step, "created": time.time()}
+    if mlflow_run_id:
+        entry["mlflow_run_id"] = mlflow_run_id  # a cached re-run copies this run's metrics and plot links
+    store.put_bytes(_key(key), _canon(entry).encode())

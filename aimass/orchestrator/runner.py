@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aimass.exceptions import AimassError, SpecError, StepError, check_run_id
+from aimass.exceptions import AimassError, NotFoundError, SpecError, StepError
 from aimass.orchestrator import cache
 from aimass.orchestrator.state import (
     FAILED,
@@ -26,6 +26,7 @@ from aimass.orchestrator.state import (
     SUCCEEDED,
     RunState,
     StepState,
+    check_run_id,
     load_state,
     new_run_id,
     save_state,
@@ -107,9 +108,24 @@ class Orchestrator:
 
     def _cache_key(self, state: RunState, name: str) -> str:
         s = self.spec.step(name)
-        inputs = {k: f"{state.steps[up].cache_key}:{out}" for k, (up, out) in self.wiring[name].items()}
+        inputs = {k: (",".join(f"{state.steps[u].cache_key}:{o}" for u, o in w) if isinstance(w, list)
+                      else f"{state.steps[w[0]].cache_key}:{w[1]}") for k, w in self.wiring[name].items()}
         return cache.cache_key(step_type=s.type, config=s.parsed_config.dump(), inputs=inputs,
                                code_version=self._code_version(s.type), seed=self.spec.spec.seed)
+
+    def _copy_cached_results(self, state: RunState, hit: dict[str, Any], rid: str) -> None:
+        """A step served from the cache shows the metrics (and links to the plots) of the run it came from."""
+        src = hit.get("mlflow_run_id")
+        if not src and hit.get("run_id") and hit.get("step"):  # an entry written before runs were recorded in it
+            src = self.tracker.find_step_run(state.experiment_id or "", hit["run_id"], hit["step"])
+        if not src:
+            self.tracker.set_tags(rid, {"aimass.cache_source_mlflow_run": "unknown"})
+            return
+        try:
+            self.tracker.copy_run_results(src, rid, note=f"Served from the cache: the results of step {hit.get('step')!r} "
+                                                        f"in run {hit.get('run_id')!r}, which this run reuses.")
+        except NotFoundError:  # the source run was deleted from MLflow: the outputs are still valid
+            self.tracker.set_tags(rid, {"aimass.cache_source_mlflow_run": f"{src} (deleted)"})
 
     # -- MLflow ----------------------------------------------------------------------------------
     def _open_parent(self, state: RunState) -> None:
@@ -248,7 +264,8 @@ class Orchestrator:
 
     def _ctx(self, state: RunState, st: StepState) -> StepContext:
         s = self.spec.step(st.name)
-        inputs = {k: state.steps[up].outputs.get(out) for k, (up, out) in self.wiring[st.name].items()}
+        inputs = {k: ([state.steps[u].outputs.get(o) for u, o in w] if isinstance(w, list) else state.steps[w[0]].outputs.get(w[1]))
+                  for k, w in self.wiring[st.name].items()}
         return StepContext(
             run_id=state.run_id, pipeline=self.spec.name, step_name=st.name, step_type=st.type, inputs=inputs,
             artifact_root=self.store.root_uri, prefix=f"runs/{state.run_id}/steps/{st.name}",
@@ -273,6 +290,7 @@ class Orchestrator:
             st.status, st.finished_at = SUCCEEDED, time.time()
             st.duration_s = st.finished_at - st.started_at
             rid = self._child_run(state, st, {"aimass.cached": "true", "aimass.cache_source_run": hit.get("run_id", "")})
+            self._copy_cached_results(state, hit, rid)
             self.tracker.end_run(rid, "FINISHED")
             self._save(state)
             self.observer.step_finished(state, st)
@@ -299,7 +317,8 @@ class Orchestrator:
         st.duration_s = st.finished_at - (st.started_at or r.started)
         st.error = None
         if self.spec.step(r.name).cache and get_step(st.type).cacheable:
-            cache.store_entry(self.store, st.cache_key, outputs=st.outputs, run_id=state.run_id, step=r.name)
+            cache.store_entry(self.store, st.cache_key, outputs=st.outputs, run_id=state.run_id, step=r.name,
+                              mlflow_run_id=st.mlflow_run_id)
         self.tracker.set_tags(st.mlflow_run_id, {"aimass.status": SUCCEEDED, "aimass.cache_key": st.cache_key})
         self.tracker.log_metrics(st.mlflow_run_id, {"step_duration_s": st.duration_s, "step_run_s": st.run_s or 0.0})
         self.tracker.end_run(st.mlflow_run_id, "FINISHED")

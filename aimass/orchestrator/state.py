@@ -7,21 +7,48 @@ in the same run; anything else is run (again). Writes are atomic (local) or whol
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["RunState", "StepState", "new_run_id", "save_state", "load_state", "list_runs", "load_run", "STATE_FILE"]
+from aimass.exceptions import InvalidRequestError
+
+__all__ = ["RunState", "StepState", "new_run_id", "check_run_id", "save_state", "load_state", "list_runs", "load_run",
+           "STATE_FILE", "RUN_ID_PATTERN", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED", "UNKNOWN",
+           "TERMINAL", "TERMINAL_STATES"]
 
 STATE_FILE = "state.json"
 
-PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED"
-TERMINAL = {SUCCEEDED, FAILED, SKIPPED}
+# --- the one vocabulary of states, for runs, steps and submissions to a backend ----------------
+PENDING, RUNNING, SUCCEEDED, FAILED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED"
+SKIPPED = "SKIPPED"  # a step whose upstream failed
+CANCELLED = "CANCELLED"  # a submitted run someone cancelled
+UNKNOWN = "UNKNOWN"  # a backend that cannot say (e.g. unreachable)
+TERMINAL = frozenset({SUCCEEDED, FAILED, SKIPPED})  # a step in one of these is done
+TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})  # a run (or submission) in one of these is done
+
+# --- the one run-id rule and generator ---------------------------------------------------------
+# A DNS-1123 label of at most 40 characters: run ids are storage keys, Kubernetes object names
+# ("aimass-<run id>" must fit KubeRay's 47-character RayJob name limit) and Ray submission ids.
+RUN_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
+_RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 
 
 def new_run_id() -> str:
+    """A fresh run id, ``YYYYmmdd-HHMMSS-xxxxxx`` (it sorts by start time and matches :data:`RUN_ID_PATTERN`)."""
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def check_run_id(run_id: str) -> str:
+    """Validate a run id (lowercase letters, digits and '-', at most 40 characters); returns it."""
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+        raise InvalidRequestError(
+            "invalid run id", got=run_id,
+            fix="Use at most 40 lowercase letters, digits and '-', starting and ending with a letter or digit "
+                "(see `aimass runs list`).")
+    return run_id
 
 
 @dataclass
@@ -83,7 +110,7 @@ def save_state(store, state: RunState) -> None:
 
 
 def load_state(store, run_id: str) -> RunState:
-    from aimass.exceptions import NotFoundError, check_run_id
+    from aimass.exceptions import NotFoundError
 
     check_run_id(run_id)
     key = state_key(run_id)

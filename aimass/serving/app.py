@@ -68,6 +68,9 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_SCALING_OPTIONS = ("num_replicas", "autoscaling_config")
+
+
 @dataclass
 class DepSpec:
     """Everything Serve needs for one model deployment."""
@@ -80,8 +83,11 @@ class DepSpec:
 
     @property
     def version(self) -> str:
-        # user_config is left out: batching changes are applied in place (reconfigure), not by a restart
-        return _digest(code_version(), self.kind, self.init, self.options)
+        # Left out, because Serve applies them to running replicas: user_config (batching, by reconfigure)
+        # and the replica count or autoscaling policy (by adding or removing replicas). A new version
+        # would restart every replica just to scale.
+        options = {k: v for k, v in self.options.items() if k not in _SCALING_OPTIONS}
+        return _digest(code_version(), self.kind, self.init, options)
 
 
 def deployment_specs(cfg: ServeConfig, plan: dict[str, Any]) -> dict[str, DepSpec]:

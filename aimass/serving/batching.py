@@ -10,6 +10,11 @@ The ingress uses it to merge concurrent requests for one version into one Ray ca
 4: calls overlap the network); a model replica uses it to merge the calls it receives into one model
 call (``max_inflight`` 1: the model runs in a worker thread, one batch at a time, while the event loop
 keeps taking requests).
+
+Admission is bounded twice, so an overloaded server answers fast instead of making callers wait: at
+most ``max_queued`` requests wait (the next one is refused at once), and a request that has waited
+``max_wait_s`` without being sent is refused then (:class:`OverloadedError`, HTTP 503/429 with
+``Retry-After``). A request already sent waits for its answer (the caller's own timeout applies).
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ class RowBatcher:
     ``send`` returns ``(rows_out, info)``; each caller gets its own rows and ``info`` with
     ``batch_rows`` / ``batch_requests`` set. Keys in ``once`` (e.g. events that must be counted once
     per call) go to the first caller of a batch only. A request with more rows than ``max_rows``
-    runs alone. Over ``max_queued`` waiting requests, ``submit`` raises :class:`OverloadedError` at once.
+    runs alone. Over ``max_queued`` waiting requests, ``submit`` raises :class:`OverloadedError` at once;
+    a request still waiting after ``max_wait_s`` (None: no limit) raises it then.
     """
 
     def __init__(self, send: Send, max_rows: int, *, max_queued: int = 1 << 20, max_inflight: int = 1,
-                 wait_s: float = 0.0, what: str = "model", once: tuple[str, ...] = ()) -> None:
+                 wait_s: float = 0.0, what: str = "model", once: tuple[str, ...] = (),
+                 max_wait_s: float | None = None) -> None:
         self.send = send
         self.max_rows = max(1, int(max_rows))
         self.max_queued = max_queued
@@ -52,6 +59,7 @@ class RowBatcher:
         self.wait_s = max(0.0, float(wait_s))
         self.what = what
         self.once = once
+        self.max_wait_s = max_wait_s
         self.inflight = 0
         self.pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self.rows = 0
@@ -67,7 +75,8 @@ class RowBatcher:
                                   fix="Retry after a short pause, or raise replicas / maxQueuedRequests.")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self.pending.append((x, fut))
+        item = (x, fut)
+        self.pending.append(item)
         self.rows += int(x.shape[0])
         if self.inflight < self.max_inflight:
             if self.wait_s > 0 and self.rows < self.max_rows:
@@ -75,7 +84,28 @@ class RowBatcher:
                     self._timer = loop.call_later(self.wait_s, self._on_timer)
             else:
                 self._flush()
-        return await fut
+        if fut.done() or self.max_wait_s is None:
+            return await fut
+        # still queued: refuse it if it is not on its way within max_wait_s (a timer only for queued requests)
+        expiry = loop.call_later(self.max_wait_s, self._expire, item)
+        try:
+            return await fut
+        finally:
+            expiry.cancel()
+
+    def _expire(self, item: tuple[np.ndarray, asyncio.Future]) -> None:
+        x, fut = item
+        if fut.done():
+            return
+        for i, it in enumerate(self.pending):  # by identity: tuples holding arrays do not compare with ==
+            if it is item:
+                del self.pending[i]
+                break
+        else:
+            return  # already sent: it waits for its answer
+        self.rows -= int(x.shape[0])
+        fut.set_exception(OverloadedError(f"model {self.what} is at capacity: the request waited {self.max_wait_s:g}s in its queue",
+                                          fix="Retry after a short pause, or add replicas."))
 
     def _on_timer(self) -> None:
         self._timer = None

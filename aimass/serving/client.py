@@ -1,7 +1,12 @@
 """``aimass.Client``: a small Python client of the Open Inference Protocol (KServe V2) over REST.
 
-It works with any V2 server (AI Mass, KServe, Triton, MLServer) and retries once on a connection error
-or a 503, so a replica being replaced is invisible to callers.
+It works with any V2 server (AI Mass, KServe, Triton, MLServer). Inference is idempotent, so it retries
+with exponential backoff (honouring ``Retry-After``) within a time budget on a connection error, a 429,
+502, 503 or 504, and a 500 that is not a V2 error body (what a proxy answers when the process behind
+it died). Each retry goes to the next URL: the one given, then the fallbacks, which are the
+ingress replicas' direct URLs that an AI Mass server lists in ``GET /v2`` (``endpoints``), re-read
+after a failure. So a model replica, an ingress replica or Serve's proxy being replaced is invisible
+to callers.
 
 Example:
     >>> from aimass import Client
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from aimass.exceptions import AimassError, AuthError, InvalidRequestError, NotFoundError, ServingError
-from aimass.serving.protocol import DATATYPES, PayloadTooLargeError, datatype_of
+from aimass.serving.protocol import BINARY_HEADER, DATATYPES, PayloadTooLargeError, encode_bytes_elements, datatype_of
 
 __all__ = ["Client", "InferResult"]
 
@@ -76,18 +83,34 @@ class Client:
             ``$AIMASS_HOME/serve-token`` if it exists.
         token_file: file holding the token (first non-comment line).
         timeout_s: per-request timeout.
-        retries: extra attempts on a connection error or 503 (default 1).
+        retries: most extra attempts of one call (default 8), each after a backoff (0.05 s doubling to
+            2 s, with jitter, or the server's ``Retry-After``), while ``retry_budget_s`` lasts.
+        retry_budget_s: longest one call keeps retrying (default 30 s: a replaced ingress replica or proxy
+            is back well within it).
+        fallback_urls: further base URLs of the same application (e.g. the ``direct_urls`` of
+            ``aimass serving status``), tried in turn after a failure.
+        discover: also ask the server for its ingress replicas' direct URLs (``GET /v2``) and use them
+            as fallbacks; asked again after every URL failed once, and every ``discover_every_s``.
+        discover_every_s: how often a long-lived client refreshes the direct URLs (replicas move).
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, token_file: str | os.PathLike | None = None,
-                 timeout_s: float = 30.0, retries: int = 1) -> None:
+                 timeout_s: float = 30.0, retries: int = 8, retry_budget_s: float = 30.0,
+                 fallback_urls: list[str] | None = None, discover: bool = True, discover_every_s: float = 30.0) -> None:
         import httpx
 
         self.url = url.rstrip("/")
         self.retries = retries
+        self.retry_budget_s = retry_budget_s
+        self.fallback_urls = [u.rstrip("/") for u in fallback_urls or () if u.rstrip("/") != self.url]
+        self.discover = discover
+        self.discover_every_s = discover_every_s
+        self._discovered: list[str] = []
+        self._discovered_at = float("-inf")
+        self._next = 0  # index of the URL the next attempt uses (0: url)
         tok = _find_token(token, token_file)
         headers = {"Authorization": f"Bearer {tok}"} if tok else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self._http = httpx.Client(headers=headers, timeout=timeout_s)
         self._meta: dict[tuple[str, str | None], dict[str, Any]] = {}
 
     def close(self) -> None:
@@ -100,25 +123,76 @@ class Client:
         self.close()
 
     # -- plumbing --------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kw: Any):
+    @property
+    def urls(self) -> list[str]:
+        """Every base URL this client uses, in the order it tries them: the given URL, then fallbacks."""
+        seen = [self.url]
+        for u in (*self.fallback_urls, *self._discovered):
+            if u not in seen:
+                seen.append(u)
+        return seen
+
+    def _discover(self) -> None:
+        """Learn the ingress replicas' direct URLs (AI Mass's ``endpoints`` in ``GET /v2``), at most every 5 s."""
         import httpx
 
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
+        if not self.discover or time.monotonic() - self._discovered_at < min(5.0, self.discover_every_s):
+            return
+        self._discovered_at = time.monotonic()
+        for base in self.urls:
             try:
-                r = self._http.request(method, path, **kw)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.PoolTimeout) as e:
-                last = e
+                r = self._http.get(base + "/v2", timeout=min(5.0, self._http.timeout.read or 5.0))
+                doc = r.json() if r.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("endpoints"), list):  # each with the route prefix
+                self._discovered = [u.rstrip("/") for u in doc["endpoints"] if isinstance(u, str) and u.startswith(("http://", "https://"))]
+                return
+
+    @staticmethod
+    def _retryable(r) -> bool:
+        if r.status_code in (429, 502, 503, 504):
+            return True
+        if r.status_code == 500:  # a V2 error body is the server's verdict; anything else is a proxy whose backend died
+            try:
+                return not (isinstance(doc := r.json(), dict) and "error" in doc)
+            except ValueError:
+                return True
+        return False
+
+    def _request(self, method: str, path: str, *, retry: bool = True, **kw: Any):
+        import httpx
+
+        if retry and time.monotonic() - self._discovered_at > self.discover_every_s:
+            self._discover()
+        deadline = time.monotonic() + self.retry_budget_s
+        last: Exception | None = None
+        r = None
+        for attempt in range(self.retries + 1 if retry else 1):
+            urls = self.urls
+            base = urls[self._next % len(urls)]
+            try:
+                r = self._http.request(method, base + path, **kw)
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.PoolTimeout,
+                    httpx.ConnectTimeout) as e:
+                last, r = e, None
             else:
-                if r.status_code != 503 or attempt == self.retries:
+                if not self._retryable(r):
                     return r
                 last = None
-            if attempt < self.retries:
-                time.sleep(0.05 * (attempt + 1))
-        if last is not None:
-            raise ServingError(f"cannot reach the inference server at {self.url}: {last}", retryable=True,
-                               fix="Is it serving? Try `aimass serving status`.") from last
-        return r  # pragma: no cover - the loop returns the last 503
+            if not retry or attempt == self.retries or time.monotonic() >= deadline:
+                break
+            self._next += 1  # the next attempt goes to the next URL
+            if self._next % len(urls) == 0:
+                self._discover()  # every URL failed once: replicas may have moved
+            pause = min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random())
+            if r is not None and r.headers.get("retry-after", "").isdigit():
+                pause = max(pause, min(5.0, float(r.headers["retry-after"])))
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        if r is not None:
+            return r
+        raise ServingError(f"cannot reach the inference server at {' or '.join(self.urls)}: {last}", retryable=True,
+                           fix="Is it serving? Try `aimass serving status`.") from last
 
     @staticmethod
     def _raise(r) -> None:
@@ -151,7 +225,7 @@ class Client:
     def live(self) -> bool:
         """``GET /v2/health/live``."""
         try:
-            return self._request("GET", "/v2/health/live").status_code == 200
+            return self._request("GET", "/v2/health/live", retry=False).status_code == 200
         except AimassError:
             return False
 
@@ -159,7 +233,7 @@ class Client:
         """Server readiness, or a model's (``GET /v2/models/{model}[/versions/{v}]/ready``)."""
         path = "/v2/health/ready" if model is None else f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/ready"
         try:
-            r = self._request("GET", path)
+            r = self._request("GET", path, retry=False)
         except AimassError:
             return False
         if r.status_code == 401:
@@ -179,17 +253,20 @@ class Client:
         return self._meta[key]
 
     def infer(self, model: str, inputs: np.ndarray | dict[str, Any], version: str | None = None,
-              outputs: list[str] | None = None, request_id: str | None = None) -> InferResult:
+              outputs: list[str] | None = None, request_id: str | None = None, binary: bool | None = None) -> InferResult:
         """Run inference.
 
         Args:
             model: served model name.
             inputs: one array (for the model's single input) or input name -> array. Arrays are cast
                 to the datatype the model declares when that loses nothing (float64 -> FP32 is allowed
-                here, on purpose: the server itself refuses unsafe casts).
+                here, on purpose: the server itself refuses unsafe casts). ``BYTES`` inputs take
+                ``bytes`` or ``str`` elements (raw images, text).
             version: pin a served version (champion or canary).
             outputs: output names wanted (all by default).
             request_id: echoed back as ``id``.
+            binary: send tensors with the binary tensor data extension (faster for large batches).
+                Default: when an input holds ``bytes`` or more than 65,536 values.
         """
         meta = self._model_meta(model, version)
         specs = {t["name"]: t for t in meta.get("inputs", [])}
@@ -198,10 +275,17 @@ class Client:
                 raise InvalidRequestError(f"model {model!r} takes {len(specs)} inputs; pass a dict name -> array",
                                           fix=f"Inputs: {', '.join(specs)}.")
             inputs = {next(iter(specs)): inputs}
-        tensors = []
+        arrays = {}
         for name, value in inputs.items():
-            arr = np.asarray(value)
             spec = specs.get(name)
+            if spec is not None and spec["datatype"] == "BYTES":
+                arr = np.empty(len(value), dtype=object) if isinstance(value, list | tuple) else None
+                if arr is not None:
+                    arr[:] = list(value)
+                else:
+                    arr = np.asarray(value, dtype=object)
+            else:
+                arr = np.asarray(value)
             if spec is not None and spec["datatype"] in DATATYPES:
                 want = DATATYPES[spec["datatype"]]
                 if arr.dtype != want and (np.can_cast(arr.dtype, want, "same_kind") or arr.dtype.kind in "iub"):
@@ -209,17 +293,59 @@ class Client:
                 rank = len(spec["shape"])
                 if arr.ndim == rank - 1:  # one row: add the batch dimension
                     arr = arr[None, ...]
-            tensors.append({"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype),
-                            "data": arr.ravel().tolist()})
+            arrays[name] = arr
+        if binary is None:
+            binary = any((a.dtype == object and any(isinstance(v, bytes) for v in a.ravel())) or a.size > 65536
+                         for a in arrays.values())
+        tensors, blobs = [], []
+        for name, arr in arrays.items():
+            t: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype)}
+            if binary:
+                blob = encode_bytes_elements(arr) if arr.dtype == object else np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+                t["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                t["data"] = [v.decode() if isinstance(v, bytes) else v for v in arr.ravel().tolist()] if arr.dtype == object \
+                    else arr.ravel().tolist()
+            tensors.append(t)
         body: dict[str, Any] = {"inputs": tensors}
         if request_id is not None:
             body["id"] = request_id
         if outputs:
-            body["outputs"] = [{"name": n} for n in outputs]
+            body["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in outputs]
+        elif binary:
+            body["parameters"] = {"binary_data_output": True}
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-        r = self._request("POST", path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+        head = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if binary:
+            headers = {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(head))}
+        r = self._request("POST", path, content=b"".join([head, *blobs]), headers=headers)
         self._raise(r)
-        doc = r.json()
-        outs = {o["name"]: np.asarray(o["data"], dtype=DATATYPES.get(o["datatype"], np.float64)).reshape(o["shape"])
-                for o in doc.get("outputs", [])}
+        n = r.headers.get(BINARY_HEADER)
+        raw = r.content
+        doc = json.loads(raw[:int(n)] if n is not None else raw)
+        tail, pos, outs = raw[int(n):] if n is not None else b"", 0, {}
+        for o in doc.get("outputs", []):
+            size = (o.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                chunk, pos = tail[pos:pos + size], pos + size
+                if o["datatype"] == "BYTES":
+                    outs[o["name"]] = _split_bytes(chunk).reshape(o["shape"])
+                else:
+                    outs[o["name"]] = np.frombuffer(chunk, dtype=DATATYPES[o["datatype"]].newbyteorder("<")).reshape(o["shape"])
+            else:
+                dt = DATATYPES.get(o["datatype"], np.float64)
+                outs[o["name"]] = np.asarray(o["data"], dtype=dt).reshape(o["shape"])
         return InferResult(doc.get("model_name", model), doc.get("model_version"), outs, doc.get("id"), doc.get("parameters") or {})
+
+
+def _split_bytes(blob: bytes) -> np.ndarray:
+    out, pos = [], 0
+    while pos < len(blob):
+        (m,) = struct.unpack_from("<I", blob, pos)
+        out.append(blob[pos + 4:pos + 4 + m])
+        pos += 4 + m
+    arr = np.empty(len(out), dtype=object)
+    arr[:] = out
+    return arr

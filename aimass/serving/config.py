@@ -88,7 +88,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     if m is None or ".." in uri:
         raise ValueError(
             f"model reference must be models:/NAME/VERSION or models:/NAME@ALIAS, got {uri!r}. "
-            "Register the model first (a register step or `aimass models register`) and serve it by name."
+            "Register the model first (a register step in a pipeline, see `aimass models versions NAME`) and serve it by name."
         )
     return m.group("name"), m.group("version"), m.group("alias")
 
@@ -309,6 +309,8 @@ class IngressSpec(StrictModel):
     overload_status: Literal[503, 429] = Field(503, description="HTTP status for requests refused because a queue is full.")
     num_cpus: float = Field(0.0, ge=0, le=512, description="CPU cores reserved per ingress replica (0: no reservation, as for models).")
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest the ingress waits for a model's answer (then 504).")
+    max_queue_wait_s: float = Field(1.0, gt=0, le=3600, description="Longest a request waits in the ingress's batching queue "
+                                    "before it is answered the overload status with Retry-After (a fast refusal, never a long wait).")
 
     @model_validator(mode="after")
     def _one_of(self) -> "IngressSpec":

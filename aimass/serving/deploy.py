@@ -90,22 +90,34 @@ def _wait_running(app: str, deployments: list[str], deadline: float) -> None:
 
 
 def _probe(app: str, name: str, dep: Any, deadline: float) -> None:
-    """Readiness through the real request path: a warm-up inference on each new version."""
-    from ray import serve
+    """Readiness through the real request path: a warm-up inference on each new version.
 
-    h = serve.get_deployment_handle(name, app_name=app)
+    The probe runs in the long-lived rollout controller, which probes a deployment of the same name
+    again on every scale, roll-out and roll-back. ``serve.get_deployment_handle`` returns a handle
+    cached per process, and a handle can be set up (``_init``) only once, so the probe builds a handle
+    of its own each time and shuts its router down afterwards.
+    """
+    from ray.serve.handle import DeploymentHandle
+
+    h: DeploymentHandle = DeploymentHandle(name, app)
     # This runs outside an event loop: the handle's router gets a loop of its own (Serve's throughput mode
     # puts routers on the caller's loop, which a blocking caller does not have).
     h._init(_run_router_in_separate_loop=True)
-    # A multiplexed deployment loads its models on demand: each one is loaded and answers once here, so a
-    # broken version fails the rollout instead of the first requests after the switch.
-    probes = ([(f" for {served}", h.options(multiplexed_model_id=f"{served}:{m['version']}")) for served, m in dep.init["models"].items()]
-              if dep.kind == "multiplex" else [("", h)])
-    for what, handle in probes:
+    try:
+        # A multiplexed deployment loads its models on demand: each one is loaded and answers once here, so a
+        # broken version fails the rollout instead of the first requests after the switch.
+        probes = ([(f" for {served}", h.options(multiplexed_model_id=f"{served}:{m['version']}"))
+                   for served, m in dep.init["models"].items()] if dep.kind == "multiplex" else [("", h)])
+        for what, handle in probes:
+            try:
+                handle.ready.remote().result(timeout_s=max(5.0, deadline - time.monotonic()))
+            except Exception as e:  # noqa: BLE001
+                raise ServingError(f"deployment {name} failed its readiness probe{what}: {e}") from None
+    finally:
         try:
-            handle.ready.remote().result(timeout_s=max(5.0, deadline - time.monotonic()))
-        except Exception as e:  # noqa: BLE001
-            raise ServingError(f"deployment {name} failed its readiness probe{what}: {e}") from None
+            h.shutdown()
+        except Exception:  # noqa: BLE001 - the probe's answer stands; a router that will not stop is only logged
+            log.debug("shutting down the probe handle of %s", name, exc_info=True)
 
 
 def _clean(msg: str | None) -> str:

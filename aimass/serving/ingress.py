@@ -11,11 +11,13 @@ errors; the challenger's window decides a rollback.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ from aimass.serving.colocate import LocalCopies
 from aimass.serving.config import ServeConfig
 from aimass.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from aimass.serving.protocol import (
+    BINARY_HEADER,
     ErrorResponse,
     InferenceRequest,
     InferenceResponse,
@@ -37,15 +40,31 @@ from aimass.serving.protocol import (
     PayloadTooLargeError,
     ServerMetadataResponse,
     Signature,
+    decode_request,
     encode_outputs,
     error_body,
-    parse_request,
     validate_inputs,
 )
 
 __all__ = ["Ingress"]
 
 log = logging.getLogger("aimass.serving")
+
+#: The id of the request being served (set by the ASGI guard; in every error body and X-Request-Id).
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("aimass_request_id", default=None)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+#: The metric label of every model or version name that is not served here (a caller cannot grow the series).
+UNKNOWN_LABEL = "_unknown"
+
+
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    """The caller's X-Request-Id when it is short and plain (no log injection), else a new one."""
+    given = headers.get(b"x-request-id")
+    if given:
+        v = given.decode("latin-1")
+        if _SAFE_ID.match(v):
+            return v
+    return uuid.uuid4().hex
 
 
 class UnavailableError(ServingError):
@@ -126,6 +145,7 @@ class Ingress:
         self.routes: dict[str, Route] = {}
         self.max_request_bytes = 8 * 1024 * 1024
         self.timeout_s = 30.0
+        self.queue_wait_s = 1.0
         self.overload_status = 503
         self._handles: dict[tuple[str, str | None], Any] = {}
         self._signatures: dict[tuple[str, str | None], Signature] = {}
@@ -136,6 +156,8 @@ class Ingress:
         # colocated champions: (registered, version) -> model loaded in this replica, retried when a load fails
         self._copies = LocalCopies(self._load_local, name=lambda k: f"{k[0]} v{k[1]}")
         self._pool: Any = None  # the colocated models' worker thread, made on first use
+        self._endpoints: list[str] = []
+        self._endpoints_at = float("-inf")
 
     # -- configuration -----------------------------------------------------------------------------
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -181,6 +203,9 @@ class Ingress:
         self._colocate(cfg, routes)
         self.max_request_bytes = cfg.max_request_bytes
         self.timeout_s = cfg.ingress.request_timeout_s
+        self.queue_wait_s = cfg.ingress.max_queue_wait_s
+        for b in self._batchers.values():
+            b.max_wait_s = self.queue_wait_s
         self.overload_status = cfg.ingress.overload_status
         log.info("ingress %s routes: %s", self.app_name,
                  {n: (r.champion.version, r.challenger.version if r.challenger else None, r.share) for n, r in routes.items()})
@@ -242,7 +267,7 @@ class Ingress:
             except BackPressureError:
                 raise OverloadedError(f"model {t.registered} v{t.version} is at capacity (its request queue is full)",
                                       fix="Retry after a short pause, or raise replicas / maxQueuedRequests.") from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TimeoutServingError(f"model {t.registered} v{t.version} did not answer within {self.timeout_s:g}s",
                                           fix="Raise ingress.requestTimeoutS or add replicas.") from None
             except DeploymentUnavailableError:
@@ -268,7 +293,8 @@ class Ingress:
                 # up to 4 calls overlap the network; the model replica merges them again
                 b = self._batchers[key] = RowBatcher(lambda arr, t=t: self._call(t, "predict", arr), route.batch_rows,
                                                      max_queued=route.max_queued, max_inflight=4,
-                                                     what=f"{t.registered} v{t.version}", once=("cache_events",))
+                                                     what=f"{t.registered} v{t.version}", once=("cache_events",),
+                                                     max_wait_s=self.queue_wait_s)
             return await b.submit(x)
         return await self._call(t, "predict", x)
 
@@ -284,6 +310,7 @@ class Ingress:
 
             b = self._batchers[key] = predict_batcher(lm, self._pool, route.batch_rows, wait_s=route.batch_wait_s,
                                                       max_queued=route.max_queued)
+            b.max_wait_s = self.queue_wait_s
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await b.submit(x)
@@ -307,22 +334,29 @@ class Ingress:
             self.metrics.cache.labels(name, version, ev).inc()
 
     # -- the infer path ----------------------------------------------------------------------------
-    async def infer(self, name: str, version: str | None, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async def infer(self, name: str, version: str | None, body: bytes,
+                    binary_header: str | None = None) -> tuple[int, dict[str, Any] | bytes, dict[str, str]]:
+        """One inference request -> (status, JSON document or encoded binary-extension body, headers)."""
         t0 = time.perf_counter()
         route = self.routes.get(name)
         if route is None:
             raise NotFoundError(f"no model named {name!r} is served here", fix=f"Served models: {', '.join(sorted(self.routes)) or 'none'}.")
-        try:
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidRequestError(f"the request body is not valid JSON: {e}", fix="Send Content-Type: application/json.") from None
-        req = parse_request(obj)
+        dec = decode_request(body, binary_header)
+        req = dec.request
+        if req.model_name is not None and req.model_name != name:
+            raise InvalidRequestError(f"the body names model {req.model_name[:80]!r} but the path names {name!r}",
+                                      location="model_name", fix="Drop model_name from the body, or post to that model's path.")
+        if req.model_version is not None:
+            if version is not None and req.model_version != version:
+                raise InvalidRequestError(f"the body names version {req.model_version[:80]!r} but the path names {version!r}",
+                                          location="model_version", fix="Drop model_version from the body, or make them agree.")
+            version = req.model_version
         target, split = route.target(version)
         sig = await self.signature(route.champion if split else target)
-        arrays = validate_inputs(req, sig, max_rows=route.max_rows, allow_non_finite=route.allow_non_finite)
+        arrays = validate_inputs(req, sig, max_rows=route.max_rows, allow_non_finite=route.allow_non_finite, binary=dec.binary)
         x = arrays[sig.inputs[0].name]
         served = target
-        queue = self.metrics.queue.labels(name, target.version)
+        queue = self.metrics.child(self.metrics.queue, name, target.version)
         queue.inc()
         try:
             c0 = time.perf_counter()
@@ -351,31 +385,49 @@ class Ingress:
         self._record_cache_events(info.get("cache_events"))
         if info.get("cache") == "hit":
             self.metrics.cache.labels(name, served.version, "hit").inc()
-        self.metrics.batch_size.labels(name, served.version).observe(info.get("batch_rows", x.shape[0]))
+        self.metrics.child(self.metrics.batch_size, name, served.version).observe(info.get("batch_rows", x.shape[0]))
         out_name = sig.outputs[0].name
-        resp = {"model_name": name, "model_version": served.version, "id": req.id,
-                "outputs": encode_outputs({out_name: probs}, req.outputs)}
+        outputs, blobs = encode_outputs({out_name: probs}, req.outputs,
+                                        binary_default=bool((req.parameters or {}).get("binary_data_output")))
+        resp = {"model_name": name, "model_version": served.version, "id": req.id, "outputs": outputs}
         if sig.class_names:
             resp["parameters"] = {"class_names": list(sig.class_names)}
-        self.metrics.latency.labels(name, served.version).observe(time.perf_counter() - t0)
-        self.metrics.requests.labels(name, served.version, "200").inc()
+        self.metrics.child(self.metrics.latency, name, served.version).observe(time.perf_counter() - t0)
+        self.metrics.child(self.metrics.requests, name, served.version, "200").inc()
+        if blobs:
+            head = json.dumps(resp).encode()
+            return 200, b"".join([head, *blobs]), {BINARY_HEADER: str(len(head)), "Content-Type": "application/octet-stream"}
         return 200, resp, {}
 
+    def labels(self, model: str, ver: str) -> tuple[str, str]:
+        """Metric labels for a request: names served here as they are, anything else ``_unknown``, so
+        the number of series is bounded by what is deployed, whatever callers send."""
+        route = self.routes.get(model)
+        if route is None:
+            return (UNKNOWN_LABEL if model != "-" else "-"), ("-" if ver == "-" else UNKNOWN_LABEL)
+        return model, ver if ver == "-" or ver in route.versions else UNKNOWN_LABEL
+
     def error_response(self, e: Exception, model: str = "-", ver: str = "-") -> tuple[int, dict[str, Any], dict[str, str]]:
-        """(status, JSON body, headers) of a failed request; counts it in the metrics."""
+        """(status, JSON body, headers) of a failed request; counts it in the metrics.
+
+        An :class:`AimassError` answers its own status and message. Anything else is a 500 with a
+        generic message and the request id; the detail (with the traceback) goes to the log only."""
+        rid = _REQUEST_ID.get()
         if isinstance(e, AimassError):
             status = e.http_status
             if isinstance(e, OverloadedError):
                 status = self.overload_status
             kind = {401: "auth", 503: "overload", 429: "overload", 504: "timeout"}.get(status, "client" if status < 500 else "server")
         else:
-            log.exception("unexpected error serving %s", model)
+            log.error("unexpected error serving model %.100r (request %s)", model, rid, exc_info=e)
             status, kind = 500, "server"
-            e = ServingError(f"internal error while serving {model}: {type(e).__name__}: {e}")
-        self.metrics.errors.labels(model, ver, kind).inc()
-        self.metrics.requests.labels(model, ver, str(status)).inc()
+        m, v = self.labels(model, ver)
+        self.metrics.errors.labels(m, v, kind).inc()
+        self.metrics.requests.labels(m, v, str(status)).inc()
         headers = {"Retry-After": "1"} if status in (429, 503) else {}
-        return status, error_body(e), headers
+        if rid:
+            headers["X-Request-Id"] = rid
+        return status, error_body(e, rid), headers
 
     # -- canary ------------------------------------------------------------------------------------
     def _canary_outcome(self, route: Route, t: Target, ok: bool, latency_s: float) -> None:
@@ -434,6 +486,29 @@ class Ingress:
         except Exception:  # noqa: BLE001 - not ready, whatever the reason
             return False
 
+    async def endpoints(self) -> list[str]:
+        """The direct URLs of this application's ingress replicas (what clients fall back on), asked of
+        the Serve controller at most every 5 s, off the event loop; [] when it cannot tell."""
+        if time.monotonic() - self._endpoints_at > 5.0:
+            self._endpoints_at = time.monotonic()
+            try:
+                self._endpoints = await asyncio.wait_for(asyncio.to_thread(self._direct_urls), 5.0)
+            except Exception as e:  # noqa: BLE001 - the stable URL still works; clients just have no fallback
+                log.debug("cannot list the direct URLs: %s", e)
+        return self._endpoints
+
+    def _direct_urls(self) -> list[str]:
+        from ray.serve.context import _get_global_client
+
+        from aimass.serving.deploy import direct_urls
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return []
+        http = client.get_serve_details().get("http_options") or {}
+        return direct_urls(self.app_name, {"host": http.get("host", "127.0.0.1"), "port": int(http.get("port", 8000))},
+                           self.cfg.route_prefix if self.cfg else "/")
+
     async def server_ready(self) -> bool:
         if not self.routes:
             return False
@@ -446,7 +521,10 @@ class Ingress:
 
 # -- HTTP ------------------------------------------------------------------------------------------
 class _Guard:
-    """Pure ASGI middleware in front of every route: auth, then the Content-Length limit."""
+    """Pure ASGI middleware in front of every route: request id, auth, then the Content-Length limit.
+
+    Whatever happens below it, the client gets a V2 error body with the request id: an exception that
+    escapes the app before a response started becomes a generic 500 (the detail is logged)."""
 
     def __init__(self, app: Any, ingress: Ingress) -> None:
         self.app = app
@@ -456,11 +534,19 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ing = self.ingress
         headers = {k.lower(): v for k, v in scope.get("headers") or ()}
+        rid = _request_id(headers)
+        tok = _REQUEST_ID.set(rid)
+        try:
+            await self._serve(scope, receive, send, headers, rid)
+        finally:
+            _REQUEST_ID.reset(tok)
+
+    async def _serve(self, scope, receive, send, headers: dict[bytes, bytes], rid: str) -> None:
+        ing = self.ingress
         try:
             if ing.auth is None:
-                raise UnavailableError("the ingress is starting")
+                raise UnavailableError("the ingress is starting", retryable=True)
             authz = headers.get(b"authorization")
             client = scope.get("client") or (None, None)
             ing.auth.check(authz.decode("latin-1") if authz else None, client[0])
@@ -474,10 +560,12 @@ class _Guard:
                     raise PayloadTooLargeError(f"request body of {n} bytes is over the limit of {ing.max_request_bytes}",
                                                fix="Send smaller batches, or raise maxRequestBytes in the serving config.")
         except AimassError as e:
-            kind = "auth" if isinstance(e, AuthError) else "client"
+            kind = "auth" if isinstance(e, AuthError) else "overload" if e.http_status == 503 else "client"
             ing.metrics.errors.labels("-", "-", kind).inc()
-            extra = [(b"www-authenticate", b'Bearer realm="aimass"')] if isinstance(e, AuthError) else []
-            await _send_json(send, e.http_status, error_body(e), extra)
+            extra = {"WWW-Authenticate": 'Bearer realm="aimass"'} if isinstance(e, AuthError) else {}
+            if e.http_status in (429, 503):
+                extra["Retry-After"] = "1"
+            await _send(send, e.http_status, error_body(e, rid), {**extra, "X-Request-Id": rid})
             return
         if scope.get("method") == "POST":
             # the hot path skips FastAPI's routing and request objects (the route stays declared for OpenAPI)
@@ -486,11 +574,28 @@ class _Guard:
                 path = path[len(root):]
             m = _INFER_PATH.match(path)
             if m is not None:
-                await self._infer(m.group(1), m.group(2), receive, send)
+                await self._infer(m.group(1), m.group(2), headers.get(b"inference-header-content-length"), receive, send)
                 return
-        await self.app(scope, receive, send)
+        started = False
 
-    async def _infer(self, name: str, version: str | None, receive, send) -> None:
+        async def send_with_id(msg) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+                hdrs = list(msg.get("headers", ()))
+                if not any(k.lower() == b"x-request-id" for k, _ in hdrs):
+                    msg = {**msg, "headers": [*hdrs, (b"x-request-id", rid.encode())]}
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as e:  # noqa: BLE001 - never a traceback or plain text to the client
+            if started:  # the app's own 500 handler answered already (and logged)
+                return
+            status, body, hdrs = ing.error_response(e)
+            await _send(send, status, body, hdrs)
+
+    async def _infer(self, name: str, version: str | None, binary_header: bytes | None, receive, send) -> None:
         ing = self.ingress
         try:
             chunks, size = [], 0
@@ -506,19 +611,27 @@ class _Guard:
                 chunks.append(chunk)
                 if not msg.get("more_body"):
                     break
-            status, body, headers = await ing.infer(name, version, b"".join(chunks))
+            status, body, headers = await ing.infer(name, version, b"".join(chunks),
+                                                    binary_header.decode("latin-1") if binary_header is not None else None)
         except Exception as e:  # noqa: BLE001 - every failure becomes a V2 error response
             status, body, headers = ing.error_response(e, name, version or "-")
-        await _send_json(send, status, body, [(k.lower().encode(), v.encode()) for k, v in headers.items()])
+        await _send(send, status, body, headers)
 
 
 _INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer/?$")
 
 
-async def _send_json(send, status: int, body: dict[str, Any], extra_headers: list | None = None) -> None:
-    data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())] + (extra_headers or [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _send(send, status: int, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None) -> None:
+    """One complete response: a JSON document, or bytes whose Content-Type is in ``headers``."""
+    headers = dict(headers or {})
+    if isinstance(body, bytes):
+        data = body
+        ctype = headers.pop("Content-Type", "application/octet-stream")
+    else:
+        data, ctype = json.dumps(body).encode(), "application/json"
+    raw = [(b"content-type", ctype.encode()), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -534,43 +647,92 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
 def build_asgi_app(ing: Ingress):
     """The FastAPI app of one ingress replica (routes close over the replica's state)."""
     from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     import aimass
 
+    class ServerReady(BaseModel):
+        ready: bool
+
+    class ModelReady(BaseModel):
+        name: str
+        ready: bool
+
+    class Live(BaseModel):
+        live: bool
+
     version = getattr(aimass, "__version__", "0.1.0")
+    # every route: the token (401), and the generic error of an unexpected failure (500)
+    common = {401: _err("Missing or wrong bearer token (`WWW-Authenticate: Bearer`)."),
+              500: _err("Unexpected server error: a generic message and the request id (the detail is in the server log)."),
+              503: _err("The ingress is starting or overloaded (retry after `Retry-After` seconds).")}
     app = FastAPI(title="AI Mass inference", version=version,
-                  description="Open Inference Protocol (KServe V2) over REST. Every endpoint needs "
-                              "`Authorization: Bearer <token>` unless the deployment runs in local mode.",
-                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+                  description="Open Inference Protocol (KServe V2) over REST, with the binary tensor data extension. "
+                              "Every endpoint needs `Authorization: Bearer <token>` unless the deployment runs in local mode. "
+                              "Every error is `{\"error\": ..., \"code\": ..., \"fix\": ..., \"location\": ..., \"request_id\": ...}`.",
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", responses=common)
 
     def fail(e: Exception, model: str = "-", ver: str = "-") -> Response:
         status, body, headers = ing.error_response(e, model, ver)
         return JSONResponse(body, status_code=status, headers=headers or None)
 
-    err = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-           413: {"model": ErrorResponse}, 429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, 504: {"model": ErrorResponse}}
-    infer_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        # unmatched paths (404) and methods (405, with its Allow header) in the V2 error shape
+        e = NotFoundError(f"no route {request.url.path[:200]!r}", fix="See GET /openapi.json for the routes.") \
+            if exc.status_code == 404 else InvalidRequestError(str(exc.detail)[:200])
+        e.http_status = exc.status_code
+        _, body, headers = ing.error_response(e)
+        return JSONResponse(body, status_code=exc.status_code, headers={**(exc.headers or {}), **headers})
 
-    @app.get("/v2/health/live", tags=["health"], summary="Server liveness")
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        err = (exc.errors() or [{}])[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        return fail(InvalidRequestError(f"invalid request: {loc}: {err.get('msg', 'invalid')}", location=loc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc: Exception):
+        return fail(exc)
+
+    not_served = {404: _err("No such model or version is served here.")}
+    infer_err = {400: _err("Malformed request or input that does not fit the model's signature."), **not_served,
+                 413: _err("Body or tensor over the limits."), 429: _err("Overloaded (when configured to answer 429)."),
+                 504: _err("The model did not answer within the request timeout.")}
+    infer_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                     "description": f"Binary tensor data extension: `{BINARY_HEADER}` bytes of JSON, then the tensors."}}}}
+    infer_ok = {200: {"description": "The outputs (JSON, or with the binary extension JSON then tensor bytes).",
+                      "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+    @app.get("/v2/health/live", tags=["health"], summary="Server liveness", response_model=Live)
     async def live():
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["health"], summary="Server readiness (every model's champion answers)")
+    @app.get("/v2/health/ready", tags=["health"], summary="Server readiness (every model's champion answers)",
+             response_model=ServerReady, responses={503: {"model": ServerReady, "description": "Not ready (or starting, with an error body)."}})
     async def ready():
         ok = await ing.server_ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v2", tags=["metadata"], summary="Server metadata", response_model=ServerMetadataResponse)
     async def server_metadata():
-        return {"name": "aimass", "version": version, "extensions": []}
+        return {"name": "aimass", "version": version, "extensions": ["binary_tensor_data"], "endpoints": await ing.endpoints()}
 
     @app.get("/v2/models/{name}", tags=["metadata"], summary="Model metadata (from the MLflow signature)",
-             response_model=ModelMetadataResponse, responses=err)
+             response_model=ModelMetadataResponse, responses={**not_served, 504: infer_err[504]})
     async def model_metadata(name: str):
         try:
             return await ing.model_metadata(name, None)
@@ -578,7 +740,7 @@ def build_asgi_app(ing: Ingress):
             return fail(e, name)
 
     @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"], summary="Model version metadata",
-             response_model=ModelMetadataResponse, responses=err)
+             response_model=ModelMetadataResponse, responses={**not_served, 504: infer_err[504]})
     async def model_version_metadata(name: str, version: str):
         try:
             return await ing.model_metadata(name, version)
@@ -592,33 +754,42 @@ def build_asgi_app(ing: Ingress):
             return fail(e, name, version or "-")
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
-    @app.get("/v2/models/{name}/ready", tags=["health"], summary="Model readiness")
+    ready_doc = {**not_served, 503: {"model": ModelReady, "description": "Served but not ready (or the ingress is starting, "
+                                                                          "with an error body)."}}
+
+    @app.get("/v2/models/{name}/ready", tags=["health"], summary="Model readiness", response_model=ModelReady, responses=ready_doc)
     async def model_ready(name: str):
         return await _ready(name, None)
 
-    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"], summary="Model version readiness")
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"], summary="Model version readiness",
+             response_model=ModelReady, responses=ready_doc)
     async def model_version_ready(name: str, version: str):
         return await _ready(name, version)
 
     async def _infer(request: Request, name: str, version: str | None):
         try:
             body = await _read_body(request, ing.max_request_bytes)
-            status, resp, headers = await ing.infer(name, version, body)
-            return Response(json.dumps(resp), status_code=status, media_type="application/json", headers=headers or None)
+            status, resp, headers = await ing.infer(name, version, body, request.headers.get(BINARY_HEADER))
         except Exception as e:  # noqa: BLE001
             return fail(e, name, version or "-")
+        if isinstance(resp, bytes):
+            headers = dict(headers)
+            return Response(resp, status_code=status, media_type=headers.pop("Content-Type"), headers=headers)
+        return Response(json.dumps(resp), status_code=status, media_type="application/json", headers=headers or None)
 
     @app.post("/v2/models/{name}/infer", tags=["inference"], summary="Inference", response_model=InferenceResponse,
-              responses=err, openapi_extra=infer_body)
+              responses={**infer_ok, **infer_err}, openapi_extra=infer_body)
     async def infer(request: Request, name: str):
         return await _infer(request, name, None)
 
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"], summary="Inference on a given version",
-              response_model=InferenceResponse, responses=err, openapi_extra=infer_body)
+              response_model=InferenceResponse, responses={**infer_ok, **infer_err}, openapi_extra=infer_body)
     async def infer_version(request: Request, name: str, version: str):
         return await _infer(request, name, version)
 
-    @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics of this ingress replica")
+    @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics of this ingress replica", response_class=Response,
+             responses={200: {"description": "Prometheus text exposition format.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics():
         return Response(ing.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -626,6 +797,11 @@ def build_asgi_app(ing: Ingress):
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for ops in schema.get("paths", {}).values():  # request validation errors are 400 (V2), never FastAPI's 422
+            for op in ops.values():
+                op.get("responses", {}).pop("422", None)
+        for k in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(k, None)
         req = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
         for k, v in req.pop("$defs", {}).items():
@@ -638,4 +814,3 @@ def build_asgi_app(ing: Ingress):
 
     app.openapi = openapi
     return _Guard(app, ing)
-

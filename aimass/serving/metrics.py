@@ -41,5 +41,16 @@ class ServingMetrics:
         self.canary_share = Gauge("aimass_serve_canary_traffic_share", "Configured share of traffic sent to the challenger.",
                                   ["model", "version"], registry=r)
 
+        self._children: dict[tuple, object] = {}
+
+    def child(self, metric, *labels: str):
+        """``metric.labels(*labels)``, cached: the hot path skips prometheus_client's label checks and
+        lock. The cache stays small because label values come only from what is deployed."""
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

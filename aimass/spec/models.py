@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, field_validator
 
 from aimass.spec.base import DNS_LABEL, StrictModel
+from aimass.spec.configs import BUILTIN_STEP_TYPES
 
 __all__ = ["API_VERSION", "Resources", "RetryPolicy", "StepSpec", "Metadata", "PipelineBody", "PipelineSpec"]
 
@@ -50,7 +51,8 @@ class StepSpec(StrictModel):
     """One node of the pipeline DAG."""
 
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Unique step name (lowercase, digits, '-').")
-    type: str = Field(min_length=1, max_length=63, description="Step type: data, train, tune, evaluate, compress, register, deploy.")
+    type: str = Field(min_length=1, max_length=63,
+                      description=f"Step type: one of the built-in types ({', '.join(BUILTIN_STEP_TYPES)}) or a plugin's.")
     depends_on: list[str] = Field(default_factory=list, max_length=100, description="Steps that must finish first.")
     inputs: dict[str, str] = Field(
         default_factory=dict,

@@ -71,7 +71,8 @@ def render() -> str:
     out += ["## Step types", ""]
     for t in sorted(BUILTIN_STEP_TYPES):
         cfg = get_step_config(t)
-        ins = ", ".join(f"`{k}`{'' if req else ' (optional)'}" for k, req in getattr(cfg, "INPUTS", {}).items()) or "none"
+        ins = ", ".join(f"`{k}`{' (every dependsOn step that produces it)' if req == 'many' else '' if req else ' (optional)'}"
+                        for k, req in getattr(cfg, "INPUTS", {}).items()) or "none"
         outs = ", ".join(f"`{o}`" for o in getattr(cfg, "OUTPUTS", ())) or "none"
         out += _section(f"`{t}`", cfg)
         out.insert(len(out) - 1, f"Inputs: {ins}. Outputs: {outs}.\n")

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from aimass.exceptions import SpecError, SpecErrors
 from aimass.spec.configs import STEP_CONFIGS, get_step_config
 from aimass.spec.dag import find_cycle
-from aimass.spec.models import PipelineSpec, StepSpec
+from aimass.spec.models import Metadata, PipelineBody, PipelineSpec, StepSpec
 from aimass.spec.yaml_loader import LineMap, load_yaml
 
 __all__ = ["load_pipeline", "parse_pipeline", "validate_pipeline", "LINT_CHECKS", "pydantic_errors"]
@@ -32,7 +32,12 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
     p = Path(path)
     if not p.is_file():
         raise SpecError("pipeline file not found", got=str(path), fix="Check the path (relative to the current directory).")
-    return parse_pipeline(p.read_bytes(), source=str(path))
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read the pipeline file: {exc.strerror}", got=str(path),
+                        fix="Check the file's permissions.") from None
+    return parse_pipeline(data, source=str(path))
 
 
 def parse_pipeline(text: str | bytes | dict, source: str = "<string>") -> PipelineSpec:
@@ -49,28 +54,49 @@ def parse_pipeline(text: str | bytes | dict, source: str = "<string>") -> Pipeli
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
         errs = pydantic_errors(exc, lines, (), step_names=_step_names(data))
-        errs += _raw_config_errors(data, lines)  # report config problems too, not one layer at a time
+        # Report every other problem too (configs, references, cross-checks), not one layer at a time:
+        # the lint checks run on a best-effort spec built from whatever parts are well-formed.
+        partial = _partial_spec(data)
+        if partial is not None:
+            errs += run_checks(partial, lines)
         raise SpecErrors(errs, source) from None
     spec._source = source
     validate_pipeline(spec, lines)
     return spec
 
 
-def _raw_config_errors(data: dict, lines: LineMap) -> list[SpecError]:
-    steps = (data.get("spec") or {}).get("steps") if isinstance(data.get("spec"), dict) else None
+def _partial_spec(data: dict) -> PipelineSpec | None:
+    """A spec whose steps keep every well-formed part of ``data``, for running the lint checks.
+
+    Used only after the envelope failed validation: a step that is itself invalid is kept as a
+    placeholder (its name, type, dependsOn, inputs and config where those have the right shape), so
+    references to it resolve and its config is still checked, without reporting its own errors twice.
+    """
+    body = data.get("spec")
+    steps = body.get("steps") if isinstance(body, dict) else None
     if not isinstance(steps, list):
-        return []
-    names = _step_names(data)
-    errs: list[SpecError] = []
+        return None
+    out: list[StepSpec] = []
     for i, raw in enumerate(steps):
-        if not isinstance(raw, dict) or raw.get("type") not in STEP_CONFIGS or not isinstance(raw.get("config", {}), dict):
-            continue
-        cls = get_step_config(raw["type"])
         try:
-            cls.model_validate(raw.get("config", {}))
-        except ValidationError as exc:
-            errs.extend(pydantic_errors(exc, lines, ("spec", "steps", i, "config"), model_cls=cls, step_names=names))
-    return errs
+            out.append(StepSpec.model_validate(raw))
+            continue
+        except ValidationError:
+            pass
+        raw = raw if isinstance(raw, dict) else {}
+        deps, inputs, config = raw.get("dependsOn"), raw.get("inputs"), raw.get("config", {})
+        typ = raw.get("type")
+        if not isinstance(typ, str) or not isinstance(config, dict):
+            typ = ""  # already reported by pydantic; "" makes every type-dependent check skip the step
+        out.append(StepSpec.model_construct(
+            name=raw["name"] if isinstance(raw.get("name"), str) else f"<step {i}>",
+            type=typ,
+            depends_on=[d for d in deps if isinstance(d, str)] if isinstance(deps, list) else [],
+            inputs={k: v for k, v in inputs.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(inputs, dict) else {},
+            config=config if isinstance(config, dict) else {},
+        ))
+    return PipelineSpec.model_construct(metadata=Metadata.model_construct(name="<invalid>"),
+                                        spec=PipelineBody.model_construct(steps=out))
 
 
 def _step_names(data: dict) -> list[str]:
@@ -81,7 +107,7 @@ def _step_names(data: dict) -> list[str]:
 
 
 _FIXES = {
-    "extra_forbidden": "Remove it or fix its spelling{allowed}.",
+    "extra_forbidden": "Remove it or fix its spelling{allowed}",
     "missing": "Add this field.",
     "literal_error": "Use one of the allowed values.",
     "string_pattern_mismatch": "Use lowercase letters, digits and '-', starting and ending with a letter or digit.",
@@ -95,21 +121,24 @@ _FIXES = {
 }
 
 
-def _field_name(loc: tuple, step_names: list[str] | None) -> str:
-    """`steps[train].config.numWorkers` rather than `spec.steps.1.config.numWorkers`."""
-    parts: list[str] = []
-    i = 0
-    while i < len(loc):
-        p = loc[i]
-        if p == "spec" and i + 2 < len(loc) + 1 and loc[i + 1:i + 2] == ("steps",) and i + 2 < len(loc) and isinstance(loc[i + 2], int):
-            idx = loc[i + 2]
-            label = step_names[idx] if step_names and idx < len(step_names) and step_names[idx] else str(idx)
-            parts.append(f"steps[{label}]")
-            i += 3
-            continue
-        parts.append(f"[{p}]" if isinstance(p, int) else str(p))
-        i += 1
-    return ".".join(parts).replace(".[", "[")
+def _field_name(loc: tuple) -> str:
+    """A path a user can follow: ``spec.steps[1].config.modelArgs.hidden[0]``, list indexes included."""
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out
+
+
+def _step_label(loc: tuple, step_names: list[str] | None) -> str:
+    """`` in step 'train'`` when ``loc`` is inside a named step, else ``""``."""
+    if len(loc) >= 3 and loc[:2] == ("spec", "steps") and isinstance(loc[2], int):
+        idx = loc[2]
+        if step_names and idx < len(step_names) and step_names[idx]:
+            return f" in step {step_names[idx]!r}"
+    return ""
 
 
 def _allowed_fields(model_cls: Any, loc: tuple) -> str:
@@ -130,8 +159,8 @@ def _allowed_fields(model_cls: Any, loc: tuple) -> str:
     except Exception:
         return ""
     close = difflib.get_close_matches(str(loc[-1]), names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f" (allowed: {', '.join(names)}){hint}"
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f" (allowed: {', '.join(names)}).{hint}"
 
 
 def pydantic_errors(exc: ValidationError, lines: LineMap, prefix: tuple, model_cls: Any = None,
@@ -141,19 +170,20 @@ def pydantic_errors(exc: ValidationError, lines: LineMap, prefix: tuple, model_c
     model_cls = model_cls or exc.title and _model_by_title(exc.title)
     for e in exc.errors(include_url=False):
         loc = prefix + tuple(e["loc"])
-        field = _field_name(loc, step_names)
+        field = _field_name(loc)
+        where_step = _step_label(loc, step_names)
         typ = e["type"]
         fix = _FIXES.get(typ, "")
         if typ == "extra_forbidden":
-            fix = fix.format(allowed=_allowed_fields(model_cls, tuple(e["loc"])) if model_cls else "")
+            fix = fix.format(allowed=(_allowed_fields(model_cls, tuple(e["loc"])) if model_cls else "") or ".")
         got = e.get("input")
         if typ in ("missing",) or isinstance(got, dict):
             got = None
         elif isinstance(got, float) and not math.isfinite(got):
             got = str(got)
-        msg = f"`{field}`: {e['msg']}" if field else e["msg"]
+        msg = f"`{field}`{where_step}: {e['msg']}" if field else e["msg"]
         if typ == "extra_forbidden":
-            msg = f"unknown field `{field}`"
+            msg = f"unknown field `{field}`{where_step}"
         out.append(SpecError(msg, got=got, fix=fix or None, location=lines.where(loc)))
     return out
 
@@ -173,7 +203,9 @@ def lint(fn: LintCheck) -> LintCheck:
 
 
 def _where(lines: LineMap, spec: PipelineSpec, step: StepSpec, *rest: Any) -> str:
-    return lines.where(("spec", "steps", spec.steps.index(step), *rest))
+    # by identity: two identical steps (a duplicate) compare equal but sit on different lines
+    index = next(i for i, s in enumerate(spec.steps) if s is step)
+    return lines.where(("spec", "steps", index, *rest))
 
 
 @lint
@@ -192,7 +224,7 @@ def check_unique_names(spec: PipelineSpec, lines: LineMap) -> list[SpecError]:
 def check_known_types(spec: PipelineSpec, lines: LineMap) -> list[SpecError]:
     errs = []
     for s in spec.steps:
-        if s.type not in STEP_CONFIGS:
+        if s.type not in STEP_CONFIGS and s.type:  # "" only in a partial spec: pydantic reported it
             close = difflib.get_close_matches(s.type, list(STEP_CONFIGS), n=1)
             errs.append(SpecError(f"unknown step type {s.type!r} in step {s.name!r}", location=_where(lines, spec, s, "type"),
                                   fix=(f"Did you mean {close[0]!r}? " if close else "") + f"Known types: {', '.join(sorted(STEP_CONFIGS))}."))
@@ -210,8 +242,9 @@ def check_references_exist(spec: PipelineSpec, lines: LineMap) -> list[SpecError
                                       fix="Remove it from its own dependsOn."))
             elif d not in names:
                 close = difflib.get_close_matches(d, sorted(names), n=1)
+                named = sorted(n for n in names if not n.startswith("<step "))  # not the placeholders of a partial spec
                 errs.append(SpecError(f"step {s.name!r} depends on unknown step {d!r}", location=_where(lines, spec, s, "dependsOn", j),
-                                      fix=(f"Did you mean {close[0]!r}? " if close else "") + f"Steps: {', '.join(sorted(names))}."))
+                                      fix=(f"Did you mean {close[0]!r}? " if close else "") + f"Steps: {', '.join(named)}."))
         for key, ref in s.inputs.items():
             up = ref.split(".", 1)[0]
             if up not in s.depends_on:
@@ -250,9 +283,11 @@ def check_inputs_wired(spec: PipelineSpec, lines: LineMap) -> list[SpecError]:
     from aimass.spec.wiring import WiringError, resolve_inputs
 
     errs: list[SpecError] = []
+    known = {x.name: x.type for x in spec.steps}
     for s in spec.steps:
-        if s.type not in STEP_CONFIGS:
-            continue
+        ups = [*s.depends_on, *(ref.split(".", 1)[0] for ref in s.inputs.values())]
+        if s.type not in STEP_CONFIGS or any(known.get(u) not in STEP_CONFIGS for u in ups):
+            continue  # unknown types and steps are reported by their own checks
         try:
             resolve_inputs(s, spec)
         except WiringError as e:
@@ -277,15 +312,19 @@ def check_step_in_pipeline(spec: PipelineSpec, lines: LineMap) -> list[SpecError
 def validate_pipeline(spec: PipelineSpec, lines: LineMap | None = None) -> PipelineSpec:
     """Run every lint check; raise all problems at once."""
     lines = lines or LineMap(getattr(spec, "_source", "<python>"))
-    errs: list[SpecError] = []
-    structural_ok = True
-    for name, check in LINT_CHECKS.items():
-        if name in ("inputs_wired", "step_in_pipeline") and (errs or not structural_ok):
-            continue  # cross-checks assume a sound graph and parsed configs
-        found = check(spec, lines)
-        errs.extend(found)
-        if found and name in ("unique_names", "references_exist", "acyclic"):
-            structural_ok = False
+    errs = run_checks(spec, lines)
     if errs:
         raise SpecErrors(errs, lines.source)
     return spec
+
+
+def run_checks(spec: PipelineSpec, lines: LineMap) -> list[SpecError]:
+    """Every lint check, in order, each one whatever the others found: all problems at once.
+
+    Cross-checks skip the parts an earlier check already reported (an unknown step type, a config
+    that did not parse), so one mistake is reported once.
+    """
+    errs: list[SpecError] = []
+    for check in LINT_CHECKS.values():
+        errs.extend(check(spec, lines))
+    return errs

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aimass.spec.configs import get_step_config
 from aimass.spec.models import PipelineSpec, StepSpec
 
-__all__ = ["WiringError", "resolve_inputs"]
+__all__ = ["MANY", "WiringError", "resolve_inputs"]
 
 
 class WiringError(Exception):
@@ -19,8 +19,15 @@ class WiringError(Exception):
         self.message, self.fix, self.field = message, fix, field
 
 
-def resolve_inputs(step: StepSpec, pipeline: PipelineSpec) -> dict[str, tuple[str, str]]:
-    """Map input name -> (upstream step name, output name). Raises WiringError (first problem)."""
+MANY = "many"
+"""An ``INPUTS`` value: the input takes the output of *every* dependsOn step that produces it, as a list."""
+
+
+def resolve_inputs(step: StepSpec, pipeline: PipelineSpec) -> dict[str, tuple[str, str] | list[tuple[str, str]]]:
+    """Map input name -> (upstream step name, output name), or a list of them for a ``MANY`` input.
+
+    Raises WiringError (first problem).
+    """
     cfg = get_step_config(step.type)
     wanted: dict[str, bool] = dict(getattr(cfg, "INPUTS", {}))
     out: dict[str, tuple[str, str]] = {}
@@ -38,6 +45,10 @@ def resolve_inputs(step: StepSpec, pipeline: PipelineSpec) -> dict[str, tuple[st
         if name in out:
             continue
         providers = [d for d in step.depends_on if name in getattr(get_step_config(pipeline.step(d).type), "OUTPUTS", ())]
+        if required == MANY:  # every dependsOn step that produces it, in dependsOn order (e.g. an ensemble's members)
+            if providers:
+                out[name] = [(p, name) for p in providers]
+            continue
         if len(providers) > 1:
             raise WiringError(f"input {name!r} could come from {providers}",
                               f"Say which one with `inputs: {{{name}: {providers[0]}}}`.", ("inputs",))

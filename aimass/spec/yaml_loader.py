@@ -89,31 +89,72 @@ class _Builder:
         assert isinstance(node, ScalarNode)
         try:
             return self._loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:  # pragma: no cover - constructor errors on odd scalars
-            raise self.err(node, f"bad scalar: {exc}", "Quote the value.") from None
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            # e.g. a 5,000-digit integer or the date 2020-13-45: YAML resolves them, Python refuses them
+            raise self.err(node, f"bad value {_clip(node.value)!r}: {exc}",
+                           "Quote the value to keep it a string, or write a valid number/date.") from None
+
+
+def _clip(text: Any, limit: int = 40) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 (a leading BOM allowed); anything else is a SpecError naming the line of the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError(f"the file is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})",
+                        location=f"{source}:{line}", fix="Save the file as UTF-8.") from None
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse documents nested deeper than MAX_DEPTH before composing them.
+
+    PyYAML's parser is iterative but its composer recurses once per level, so ``[[[[...]]]]`` a few
+    thousand deep would raise RecursionError; counting collection events first keeps that out.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(f"document is nested deeper than {MAX_DEPTH} levels", location=f"{source}:{event.start_mark.line + 1}",
+                                fix="Flatten the spec.")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def load_yaml(text: str | bytes, source: str = "<string>") -> tuple[Any, LineMap]:
     """Load one YAML document safely; returns the data and where each value came from.
 
     Raises:
-        SpecError: on syntax errors (with file:line), unsafe tags, duplicate keys, or oversized input.
+        SpecError: on syntax errors (with file:line), unsafe tags, duplicate keys, oversized or too deeply
+            nested input, bytes that are not UTF-8, and scalars Python cannot represent. Never anything else.
     """
     if isinstance(text, bytes):
         if len(text) > MAX_BYTES:
             raise SpecError(f"spec is larger than {MAX_BYTES} bytes", got=len(text), location=source,
                             fix="A pipeline spec should be small; keep data out of it.")
-        text = text.decode("utf-8")
+        text = _decode(text, source)
     if len(text) > MAX_BYTES:
         raise SpecError(f"spec is larger than {MAX_BYTES} bytes", got=len(text), location=source,
                         fix="A pipeline spec should be small; keep data out of it.")
     try:
+        _check_depth(text, source)
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise SpecError(f"YAML syntax error: {exc.problem or exc}", location=f"{source}:{line}",
                         fix="Check indentation and quoting on that line.") from None
+    except yaml.reader.ReaderError as exc:  # a control character, e.g. NUL: it has a position, not a mark
+        line = text[: exc.position].count("\n") + 1
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+        raise SpecError(f"YAML error: control character {code:#04x} is not allowed in YAML", location=f"{source}:{line}",
+                        fix="Remove the control character (is this a binary file?).") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", location=source, fix="Check the YAML syntax.") from None
     if not nodes or nodes[0] is None:

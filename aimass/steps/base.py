@@ -147,6 +147,9 @@ STEPS: dict[str, Any] = {
     "register": "aimass.steps.register:RegisterStep",
     "tune": "aimass.steps.tune:TuneStep",
     "deploy": "aimass.steps.deploy:DeployStep",
+    "compress": "aimass.steps.compress:CompressStep",
+    "export": "aimass.steps.compress:ExportStep",
+    "ensemble": "aimass.steps.compress:EnsembleStep",
 }
 
 

@@ -35,7 +35,7 @@ def _plots(ctx: StepContext, trials: list[dict[str, Any]], metric: str, keys: li
         norm = (data - lo) / np.where(hi > lo, hi - lo, 1)
         fig, ax = plt.subplots(figsize=(8, 4))
         cmap = plt.get_cmap("viridis")
-        for row, val in zip(norm, norm[:, -1]):
+        for row, val in zip(norm, norm[:, -1], strict=True):
             ax.plot(range(len(axes)), row, color=cmap(val), alpha=0.7)
         ax.set_xticks(range(len(axes)), axes, rotation=20)
         ax.set_yticks([])

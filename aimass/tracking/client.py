@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from aimass.exceptions import NotFoundError, TrackingError
 
-__all__ = ["Tracker", "RunInfo", "flatten_params", "TAG_PIPELINE", "TAG_STEP", "TAG_KIND", "TAG_AIMASS_RUN"]
+__all__ = ["Tracker", "RunInfo", "flatten_params", "TAG_PIPELINE", "TAG_STEP", "TAG_KIND", "TAG_AIMASS_RUN",
+           "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "run_link"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -25,6 +26,19 @@ TAG_STEP = "aimass.step"
 TAG_AIMASS_RUN = "aimass.run_id"
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"
+# MLflow 3's UI opens an experiment in the view its kind names; without the tag it guesses, and an
+# experiment with no traces may open in the GenAI overview. AI Mass trains models: the training view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A cached step's own timings are its own; everything else it reports is copied from the source run.
+_TIMING_METRICS = ("step_duration_s", "step_run_s")
+
+
+def run_link(experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """A link to a run (or one of its artifacts) inside the MLflow UI, relative to the UI's own address."""
+    base = f"#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/artifacts/{artifact}" if artifact else base
 
 
 def flatten_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -104,14 +118,22 @@ class Tracker:
 
     # -- experiments and runs ----------------------------------------------------------------
     def ensure_experiment(self, name: str, artifact_location: str | None = None) -> str:
+        """The id of experiment ``name``, created (or restored) when needed.
+
+        The experiment is marked as a model-training one (``mlflow.experimentKind``) so MLflow 3's UI
+        opens it in its training view; a kind someone already chose in the UI is kept.
+        """
         def go() -> str:
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
+                if not (exp.tags or {}).get(EXPERIMENT_KIND_TAG):
+                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
                 return exp.experiment_id
             try:
-                return self.client.create_experiment(name, artifact_location=artifact_location)
+                return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except Exception:
                 exp = self.client.get_experiment_by_name(name)  # created concurrently
                 if exp is None:
@@ -119,6 +141,10 @@ class Tracker:
                 return exp.experiment_id
 
         return self._call(f"open experiment {name!r}", go)
+
+    def experiment_tags(self, experiment_id: str) -> dict[str, str]:
+        """The tags of an experiment."""
+        return dict(self._call("get experiment", lambda: self.client.get_experiment(experiment_id)).tags or {})
 
     def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> str:
         t = {RUN_NAME: name, **(tags or {})}
@@ -173,6 +199,22 @@ class Tracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._call("log text", lambda: self.client.log_text(run_id, text, artifact_file))
 
+    def log_table(self, run_id: str, data: Mapping[str, list], artifact_file: str) -> None:
+        """A table (column name -> values) shown in the MLflow UI's artifact view (``artifact_file`` ends in .json)."""
+        self._call("log table", lambda: self.client.log_table(run_id, dict(data), artifact_file))
+
+    def log_dataset_input(self, run_id: str, *, name: str, digest: str, source: str, source_type: str = "aimass",
+                          context: str = "training", schema: Mapping[str, Any] | None = None,
+                          profile: Mapping[str, Any] | None = None) -> None:
+        """Record a dataset as an input of the run (the MLflow UI's Dataset column): name, source and digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest[:36], source_type=source_type, source=json.dumps({"uri": source}),
+                     schema=json.dumps(schema) if schema is not None else None,
+                     profile=json.dumps(profile) if profile is not None else None)
+        inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])
+        self._call("log dataset input", lambda: self.client.log_inputs(run_id, datasets=[inp]))
+
     def get_run(self, run_id: str) -> RunInfo:
         r = self._call("get run", lambda: self.client.get_run(run_id))
         return _info(r)
@@ -190,6 +232,60 @@ class Tracker:
     def get_metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         hist = self._call("get metric history", lambda: self.client.get_metric_history(run_id, key))
         return [(m.step, m.value) for m in hist]
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        """Paths of the files (not folders) of a run's artifacts under ``path``, one level deep."""
+        infos = self._call("list artifacts", lambda: self.client.list_artifacts(run_id, path))
+        return [i.path for i in infos if not i.is_dir]
+
+    def read_text(self, run_id: str, path: str) -> str | None:
+        """A small text artifact of a run, or None when the run has none at ``path``."""
+        def go() -> str | None:
+            with tempfile.TemporaryDirectory(prefix="aimass-art-") as d:
+                try:
+                    local = self.client.download_artifacts(run_id, path, d)
+                except Exception as exc:  # MLflow raises its own or OSError for a missing file
+                    if "RESOURCE_DOES_NOT_EXIST" in str(exc) or isinstance(exc, OSError) or "not found" in str(exc).lower():
+                        return None
+                    raise
+                return Path(local).read_text()
+
+        return self._call(f"read artifact {path}", go)
+
+    def find_step_run(self, experiment_id: str, aimass_run_id: str, step: str) -> str | None:
+        """The MLflow run id of step ``step`` in the AI Mass run ``aimass_run_id``, newest first."""
+        flt = f"tags.`{TAG_AIMASS_RUN}` = '{_quote(aimass_run_id)}' and tags.`{TAG_STEP}` = '{_quote(step)}'"
+        runs = self.search_runs(experiment_id, flt, max_results=5)
+        return runs[0].run_id if runs else None
+
+    def copy_run_results(self, src_run_id: str, dst_run_id: str, note: str = "") -> dict[str, Any]:
+        """Give ``dst_run_id`` the results of ``src_run_id``: every metric with its history, and a note
+        linking to the source run and its plots (the plots stay where they are: a link, not a copy).
+
+        Used for a step served from the cache, so the newest run of a pipeline shows its metrics.
+        Returns ``{"metrics": [...copied keys], "plots": [...artifact paths]}``.
+
+        Raises:
+            NotFoundError: the source run no longer exists.
+        """
+        from mlflow.entities import Metric
+
+        src = self.get_run(src_run_id)
+        metrics: list[Metric] = []
+        for key in sorted(src.metrics):
+            if key in _TIMING_METRICS:
+                continue
+            hist = self._call("get metric history", lambda k=key: self.client.get_metric_history(src_run_id, k))
+            metrics.extend(Metric(m.key, m.value, m.timestamp, m.step) for m in hist[:_MAX_HISTORY])
+        for i in range(0, len(metrics), 500):
+            self._call("log metrics", lambda b=metrics[i:i + 500]: self.client.log_batch(dst_run_id, metrics=b))
+        plots = [p for p in self.list_artifacts(src_run_id, "plots") if p.lower().endswith((".png", ".svg", ".jpg", ".html"))]
+        lines = [note or "Served from the cache: these are the results of an earlier run of this step.",
+                 "", f"- source run: [{src.name or src_run_id}]({run_link(src.experiment_id, src_run_id)})"]
+        lines += [f"- plot: [{p.rsplit('/', 1)[-1]}]({run_link(src.experiment_id, src_run_id, p)})" for p in plots]
+        self.set_tags(dst_run_id, {"aimass.cache_source_mlflow_run": src_run_id, NOTE: "\n".join(lines),
+                                   **{f"aimass.plot.{p.rsplit('/', 1)[-1]}": f"runs:/{src_run_id}/{p}" for p in plots}})
+        return {"metrics": sorted({m.key for m in metrics}), "plots": plots}
 
     # -- models and registry -----------------------------------------------------------------
     def log_model(self, run_id: str, model_dir: str | Path, input_shape: list[int], num_classes: int,
@@ -268,6 +364,16 @@ class Tracker:
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         self._call("tag model version", lambda: self.client.set_model_version_tag(name, version, key, value))
 
+    def set_model_version_description(self, name: str, version: str, description: str) -> None:
+        """Set the (markdown) description of a model version, shown on its page in the MLflow UI."""
+        text = description[:_MAX_DESCRIPTION]
+        self._call("describe model version", lambda: self.client.update_model_version(name, version, description=text))
+
+    def model_version_description(self, name: str, version: str) -> str:
+        """The description of a model version ("" when it has none)."""
+        mv = self._call("get model version", lambda: self.client.get_model_version(name, version))
+        return mv.description or ""
+
     def resolve_model_uri(self, uri: str) -> dict[str, Any]:
         """Resolve ``models:/name@alias`` or ``models:/name/version`` to {name, version, run_id}."""
         if not uri.startswith("models:/"):
@@ -299,6 +405,14 @@ class Tracker:
                 return d
         raise NotFoundError("the model has no aimass card.json: it was not logged by aimass", got=model_uri,
                             fix="Serve models registered by an aimass register step.")
+
+
+_MAX_HISTORY = 10_000  # points per metric copied for a cached step
+_MAX_DESCRIPTION = 5_000  # MLflow's limit on a model version description
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _finite(v: Any) -> bool:

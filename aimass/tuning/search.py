@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+
 from aimass.exceptions import StepError
 
 __all__ = ["SearchResult", "run_search", "param_space", "MlflowTrialLogger"]
@@ -24,6 +26,9 @@ class SearchResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     trial_epochs: int = 0
     restored: bool = False
+    scheduler: str = ""  #: the Tune scheduler class that ran the search (e.g. "AsyncHyperBandScheduler")
+    searcher: str = ""  #: the search algorithm class (e.g. "OptunaSearch", "BasicVariantGenerator")
+    perturbations: int = 0  #: PBT: how many times a trial exploited another (copied its checkpoint and config)
 
 
 def _dist(d):
@@ -70,9 +75,6 @@ def _search_alg(cfg, seed: int):
     # random sampling (grid points expanded), seeded: the same seed draws the same trials, so schedulers
     # can be compared on identical configurations
     return BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials)
-
-
-from ray.tune import Callback
 
 
 class MlflowTrialLogger(Callback):
@@ -173,6 +175,7 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
     run_config = RunConfig(name=name, storage_path=path, storage_filesystem=fs, failure_config=FailureConfig(max_failures=cfg.max_failures),
                            callbacks=callbacks, verbose=0, checkpoint_config=_checkpoint_config(cfg, mode))
     space = {**param_space(cfg), TRIAL_KEYS: fixed}
+    scheduler, search_alg = _scheduler(cfg), _search_alg(cfg, seed)
     restored = Tuner.can_restore(exp_path, storage_filesystem=fs)
     if restored:
         tuner = Tuner.restore(exp_path, trainable=trainable, resume_errored=True, resume_unfinished=True,
@@ -180,8 +183,8 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
     else:
         tuner = Tuner(
             trainable, param_space=space, run_config=run_config,
-            tune_config=tune.TuneConfig(metric=cfg.metric, mode=mode, num_samples=cfg.num_samples, scheduler=_scheduler(cfg),
-                                        search_alg=_search_alg(cfg, seed), max_concurrent_trials=cfg.max_concurrent_trials,
+            tune_config=tune.TuneConfig(metric=cfg.metric, mode=mode, num_samples=cfg.num_samples, scheduler=scheduler,
+                                        search_alg=search_alg, max_concurrent_trials=cfg.max_concurrent_trials,
                                         time_budget_s=cfg.time_budget_s, reuse_actors=False),
         )
     grid = tuner.fit()
@@ -211,15 +214,21 @@ def run_search(cfg, *, dataset: dict[str, Any], card: dict[str, Any], seed: int,
     best_config = {k: v for k, v in best.config.items() if k != TRIAL_KEYS}
     # The metrics of the epoch whose checkpoint becomes the model, not the trial's last report.
     best_metrics = {k: v for k, v in best_row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    inner = getattr(search_alg, "searcher", search_alg)  # the algorithm inside a ConcurrencyLimiter
+    # (a restored Tuner runs its own unpickled scheduler: its perturbations are not counted here)
+    result = SearchResult(best_config, best_metrics, out, trials, trial_epochs, restored, scheduler=type(scheduler).__name__,
+                          searcher=type(inner).__name__, perturbations=int(getattr(scheduler, "_num_perturbations", 0) or 0))
     if callbacks:  # a restored Tuner logs through its own unpickled callback: find the run by its tag
         cb = callbacks[0]
         try:
             rid = cb.run_id_of(best.metrics.get("trial_id"))
             if rid:
                 cb.tracker.set_tags(rid, {"aimass.best_trial": "true"})
+            cb.tracker.set_tags(parent_run_id, {"aimass.tune.scheduler": result.scheduler, "aimass.tune.searcher": result.searcher,
+                                                "aimass.tune.perturbations": str(result.perturbations)})
         except Exception as exc:  # pragma: no cover - tracking must never fail a finished search
             log.warning("could not tag the best trial: %s", exc)
-    return SearchResult(best_config, best_metrics, out, trials, trial_epochs, restored)
+    return result
 
 
 def _checkpoint_config(cfg: Any, mode: str) -> Any:

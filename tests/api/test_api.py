@@ -80,6 +80,59 @@ def test_readyz_fails_when_kuberay_is_missing(serve):
     assert r.status_code == 503 and "KubeRay CRDs are not installed" in r.json()["detail"]
 
 
+def test_a_server_without_an_image_says_so_as_a_server_error(serve):
+    """No image for the Ray pods is the operator's mistake: a 5xx naming the setting, and not ready."""
+    from aimass.orchestrator.executors.kubernetes import KubernetesExecutor
+
+    fake = FakeKubeApi([NAMESPACE])
+    api = serve(backend=KubernetesExecutor(namespace=NAMESPACE, image=None, api_client=fake.api_client()), fake=fake)
+    r = _submit(api.client("alice"))
+    assert r.status_code == 500, r.text
+    body = r.json()
+    assert body["error"] == "server_misconfigured" and body["retryable"] is False
+    assert "AIMASS_RAY_IMAGE" in body["fix"] and "ray.image.repository" in body["fix"]
+    assert "--image" not in body["fix"]  # a flag of the CLI: nothing the API's caller can pass
+    assert fake.list("rayjobs", NAMESPACE) == []
+    ready = api.client(identity=None).get("/readyz")
+    assert ready.status_code == 503 and "AIMASS_RAY_IMAGE" in ready.json()["detail"]
+    # the SDK/CLI passes it on as the server's, and does not retry what cannot succeed
+    from aimass.api.client import ControlPlaneExecutor
+    from aimass.exceptions import ExecutorError
+    from aimass.spec import parse_pipeline
+
+    with pytest.raises(ExecutorError, match="no container image") as ei:
+        ControlPlaneExecutor(api.url, token=TOKEN["alice"]).submit(parse_pipeline(TINY_PIPELINE), "abcd-1")
+    assert ei.value.retryable is False and "AIMASS_RAY_IMAGE" in ei.value.fix
+    # the client's own mistakes stay 4xx on that server
+    assert api.client("alice").post(RUNS, json={"spec": {}, "specYaml": "x"}).status_code == 422
+    assert api.client(identity=None).post(RUNS, json={"specYaml": TINY_PIPELINE}).status_code == 401
+
+
+def test_methods_a_path_lacks_get_405_with_that_paths_allow(api):
+    alice = api.client("alice")
+    assert _submit(alice, runName="abcd").status_code == 201
+    for path, allow in ((RUNS, "GET, POST"), (RUNS + "/abcd", "GET"), (RUNS + "/abcd/logs", "GET"),
+                        (RUNS + "/abcd:cancel", "POST")):
+        r = alice.request("DELETE", path)
+        assert r.status_code == 405 and r.headers["Allow"] == allow, (path, r.status_code, r.headers.get("Allow"))
+        assert r.json()["error"] == "method_not_allowed"
+    # the cancel route is not the {run_id} route's: a GET of it is a 405, not a run id that fails its pattern
+    assert alice.get(RUNS + "/abcd:cancel").status_code == 405
+    assert alice.post(RUNS + "/abcd:cancel").json()["state"] == "CANCELLED"
+    r = alice.get("/no/such/path")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_text_routes_document_text_and_json_errors(api):
+    doc = api.client(identity=None).get("/openapi.json").json()
+    for path in ("/metrics", RUNS + "/{run_id}/logs"):
+        responses = doc["paths"][path]["get"]["responses"]
+        assert set(responses["200"]["content"]) == {"text/plain"}, path
+        assert set(responses["401"]["content"]) == {"application/json"}, path
+    yaml_body = doc["paths"][RUNS]["post"]["requestBody"]["content"]["application/yaml"]["schema"]
+    assert yaml_body["minLength"] == 1  # an empty document is not a valid request by the schema either
+
+
 # --- authentication ---------------------------------------------------------------------------
 def test_bearer_token_is_required(api):
     r = api.client(identity=None).get(RUNS)

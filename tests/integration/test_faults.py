@@ -19,6 +19,7 @@ from aimass.settings import Settings
 from aimass.spec import parse_pipeline
 from aimass.tracking import Tracker
 from tests.conftest import aimass_bin, cli_env
+from tests.procs import cluster_workers
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -54,23 +55,16 @@ def wait_for(pred, timeout_s: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def train_worker_pids() -> list[int]:
-    """PIDs of live Ray Train worker processes (Ray names them ray::RayTrainWorker...)."""
-    import psutil
-
-    pids = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if cmd and cmd[0].startswith("ray::RayTrainWorker"):
-            pids.append(p.info["pid"])
-    return sorted(pids)
+def train_worker_pids(markers: list[str]) -> list[int]:
+    """PIDs of live Ray Train workers of *this session's* cluster (never another cluster's on the machine)."""
+    return cluster_workers(markers, "ray::RayTrainWorker")
 
 
 def history(tracker: Tracker, run: str) -> list[tuple[int, float]]:
     return tracker.get_metric_history(run, "val_accuracy")
 
 
-def test_sigkill_training_worker_resumes_from_checkpoint(local_ray):
+def test_sigkill_training_worker_resumes_from_checkpoint(local_ray, cluster_markers):
     settings = Settings.load()
     spec = parse_pipeline(fault_spec("fault-worker"))
     run_id = "fault-worker-1"
@@ -78,7 +72,7 @@ def test_sigkill_training_worker_resumes_from_checkpoint(local_ray):
 
     def killer():
         wait_for(lambda: len(checkpoints(settings, run_id)) >= 2, 300, "2 checkpoints")
-        pids = wait_for(train_worker_pids, 30, "train workers")
+        pids = wait_for(lambda: train_worker_pids(cluster_markers), 30, "train workers")
         killed["epoch_checkpoints"] = len(checkpoints(settings, run_id))
         os.kill(pids[-1], signal.SIGKILL)
         killed["pid"] = pids[-1]
@@ -110,7 +104,7 @@ def test_sigkill_training_worker_resumes_from_checkpoint(local_ray):
     wait_for(lambda: local_ray.available_resources().get("CPU", 0) >= 2, 60, "CPUs released")
 
 
-def test_worker_killed_more_than_max_failures_fails_clearly(local_ray, tmp_path):
+def test_worker_killed_more_than_max_failures_fails_clearly(local_ray, cluster_markers):
     settings = Settings.load()
     spec_d = fault_spec("fault-too-many", epochs=40)
     spec_d["spec"]["steps"][1]["config"]["maxFailures"] = 0
@@ -118,7 +112,7 @@ def test_worker_killed_more_than_max_failures_fails_clearly(local_ray, tmp_path)
 
     def killer():
         wait_for(lambda: len(checkpoints(settings, run_id)) >= 1, 300, "a checkpoint")
-        os.kill(wait_for(train_worker_pids, 30, "train workers")[0], signal.SIGKILL)
+        os.kill(wait_for(lambda: train_worker_pids(cluster_markers), 30, "train workers")[0], signal.SIGKILL)
 
     threading.Thread(target=killer, daemon=True).start()
     state = run_pipeline(parse_pipeline(spec_d), settings, run_id=run_id)

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.ports import distinct_free_ports, free_port, free_port_range
+from tests.procs import owned_pids
 
 TINY_PIPELINE = """\
 apiVersion: aimass.io/v1alpha1
@@ -75,9 +76,10 @@ class LocalRay:
         return self.token_file.read_text().strip()
 
 
-def start_local_ray(gcs_port: int = 6392, dashboard_port: int = 8266, num_cpus: int = 2, timeout_s: float = 120.0) -> LocalRay:
+def start_local_ray(gcs_port: int | None = None, dashboard_port: int | None = None, num_cpus: int = 2, timeout_s: float = 120.0) -> LocalRay:
     """`ray start --head --block` in its own session, on explicit free ports, with RAY_AUTH_MODE=token.
 
+    Ports default to free ones (a given port is used when free, else another free one).
     `--block` keeps the head a child of ours, so it is stopped by its own process group rather
     than `ray stop`, which would also stop other Ray clusters on the machine.
     """
@@ -90,7 +92,8 @@ def start_local_ray(gcs_port: int = 6392, dashboard_port: int = 8266, num_cpus: 
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_USAGE_STATS_ENABLED": "0",
                 "PATH": venv_bin + os.pathsep + env.get("PATH", ""), "PYTHONUNBUFFERED": "1"})
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = free_port(gcs_port), free_port(dashboard_port)
+    gcs = free_port(gcs_port)
+    dash = free_port(dashboard_port) if dashboard_port else distinct_free_ports(1, {gcs})[0]
     singles = distinct_free_ports(7, {gcs, dash})
     client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager = singles
     worker_lo = free_port_range(201, {gcs, dash, *singles})
@@ -122,21 +125,6 @@ def start_local_ray(gcs_port: int = 6392, dashboard_port: int = 8266, num_cpus: 
     return LocalRay(url, gcs, token_file, tmp, proc)
 
 
-def _pids_of(temp_dir: Path) -> list[int]:
-    """Processes whose command line names our private temp dir: this cluster's, and nobody else's."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(temp_dir) in cmdline:
-            out.append(int(d.name))
-    return out
-
-
 def stop_local_ray(cluster: LocalRay, timeout_s: float = 45.0) -> None:
     # SIGTERM to `ray start --block` alone: it drains and stops its own processes (a few seconds);
     # signalling the whole group at once makes it wait for the full drain timeout instead.
@@ -153,7 +141,7 @@ def stop_local_ray(cluster: LocalRay, timeout_s: float = 45.0) -> None:
             pass
         cluster.proc.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while (left := [p for p in _pids_of(cluster.temp_dir) if p != os.getpid()]) and time.monotonic() < deadline:
+    while (left := sorted(owned_pids([str(cluster.temp_dir)]))) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in left:  # stragglers of *our* cluster only, by pid
         try:

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    cluster = start_local_ray(gcs_port=6392, dashboard_port=8266, num_cpus=2)
+    cluster = start_local_ray(num_cpus=2)
     yield cluster
     stop_local_ray(cluster)
 

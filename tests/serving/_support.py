@@ -4,46 +4,36 @@ load loop on loopback, and a process killer that ends exactly one cluster's proc
 from __future__ import annotations
 
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GCS_PORT = int(os.environ.get("AIMASS_TEST_RAY_PORT", "6391"))
+from tests.procs import kill_owned
 
 
-def _proc_table() -> dict[int, tuple[int, str]]:
-    out = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        out[int(p)] = (ppid, cmd)
-    return out
+
+def gcs_port() -> int:
+    """The serving cluster's GCS port: $AIMASS_TEST_RAY_PORT when set, else a free one (never a fixed port)."""
+    from tests.ports import free_port
+
+    return int(os.environ.get("AIMASS_TEST_RAY_PORT") or free_port())
 
 
-def kill_cluster(markers: list[str]) -> None:
-    """SIGKILL every process whose command line names one of ``markers``, and their descendants."""
-    procs = _proc_table()
-    me = os.getpid()
-    todo = {pid for pid, (_, cmd) in procs.items() if pid != me and any(m in cmd for m in markers)}
-    grown = True
-    while grown:
-        grown = False
-        for pid, (ppid, _) in procs.items():
-            if ppid in todo and pid not in todo and pid != me:
-                todo.add(pid)
-                grown = True
-    for pid in todo:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+def cluster_markers(home: Path) -> list[str]:
+    """What names the serving cluster's own processes: its private home and Ray temp dir (never its port)."""
+    from aimass.orchestrator.ray_runtime import ray_temp_dir
+
+    return [str(home), ray_temp_dir(home)]
+
+
+def kill_cluster(markers: list[str]) -> list[int]:
+    """SIGKILL the processes whose command line names one of ``markers`` (private dirs), and their descendants.
+
+    Only private paths identify a cluster's processes: a port is not one (if the cluster failed to
+    start because someone else holds the port, the holder's processes name that port too).
+    """
+    return kill_owned(markers)
 
 
 @dataclass
@@ -112,7 +102,10 @@ class LoadLoop:
     """Steady, bounded inference load on loopback from a background thread.
 
     Records each request's outcome without retry (``raw``) and after one client retry (``final``), plus
-    the version that answered. Stops on :meth:`stop` or after ``max_s`` seconds.
+    the version that answered. Stops on :meth:`stop` or after ``max_s`` seconds. Nothing is hidden:
+    every exception (HTTP, JSON, a missing key, anything else) is recorded as a failed request in
+    ``errors``, an exception that ends the thread is kept in ``crash`` and re-raised by :meth:`wait_for`
+    and :meth:`stop`, and :meth:`wait_for` raises when the answers do not come in time.
     """
 
     def __init__(self, cluster: Cluster, token: str, path: str, payload: dict, pause_s: float = 0.01, max_s: float = 180.0) -> None:
@@ -124,6 +117,7 @@ class LoadLoop:
         self.final: list[int] = []
         self.versions: list[str] = []
         self.errors: list[str] = []
+        self.crash: BaseException | None = None
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -132,7 +126,10 @@ class LoadLoop:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        self._stop.set()
+        self._t.join(timeout=60)
+        if exc[0] is None:  # do not mask the body's own failure
+            self._raise_crash()
 
     def _one(self, c) -> tuple[int, str | None]:
         import httpx
@@ -145,30 +142,58 @@ class LoadLoop:
         if r.status_code != 200:
             self.errors.append(f"{r.status_code}: {r.text[:300]}")
             return r.status_code, None
-        return 200, r.json()["model_version"]
+        try:
+            return 200, str(r.json()["model_version"])
+        except Exception as e:  # noqa: BLE001 - a 200 without a readable answer is a failed request
+            self.errors.append(f"200 with a bad body ({type(e).__name__}: {e}): {r.text[:300]}")
+            return -1, None
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_s
-        with http_client(self.cluster, self.token, timeout=30.0) as c:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                code, v = self._one(c)
-                self.raw.append(code)
-                if code != 200:  # one client retry, as the SDK client does
-                    time.sleep(0.05)
+        try:
+            with http_client(self.cluster, self.token, timeout=30.0) as c:
+                while not self._stop.is_set() and time.monotonic() < deadline:
                     code, v = self._one(c)
-                self.final.append(code)
-                if v is not None:
-                    self.versions.append(v)
-                time.sleep(self.pause_s)
+                    self.raw.append(code)
+                    if code != 200:  # one client retry, as the SDK client does
+                        time.sleep(0.05)
+                        code, v = self._one(c)
+                    self.final.append(code)
+                    if v is not None:
+                        self.versions.append(v)
+                    time.sleep(self.pause_s)
+        except BaseException as e:  # noqa: BLE001 - kept and re-raised in the test's thread
+            self.errors.append(f"the load loop crashed: {type(e).__name__}: {e}")
+            self.crash = e
+
+    def _raise_crash(self) -> None:
+        if self.crash is not None:
+            raise AssertionError(f"the load loop crashed after {len(self.final)} requests") from self.crash
 
     def wait_for(self, n: int, timeout_s: float = 60.0) -> None:
+        """Until ``n`` requests have been answered (after their retry); raises when that takes longer than ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while len(self.final) < n and time.monotonic() < deadline:
+        while len(self.final) < n:
+            self._raise_crash()
+            if not self._t.is_alive():
+                raise AssertionError(f"the load loop stopped after {len(self.final)} of {n} requests (max_s={self.max_s})")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"only {len(self.final)} of {n} requests answered in {timeout_s}s; "
+                                     f"last errors: {self.errors[-3:]}")
             time.sleep(0.05)
+        self._raise_crash()
+
+    def mark(self) -> int:
+        """How many requests have been answered so far (for :meth:`answered_since`)."""
+        return len(self.final)
+
+    def answered_since(self, mark: int) -> int:
+        return len(self.final) - mark
 
     def stop(self) -> None:
         self._stop.set()
         self._t.join(timeout=60)
+        self._raise_crash()
 
     @property
     def availability(self) -> float:

@@ -1,7 +1,7 @@
 """One real local Ray cluster (``ray start`` on loopback, token auth, explicit ports) for the serving tests.
 
-The cluster gets its own ``AIMASS_HOME`` and temp dir under /tmp, its GCS on a non-default port and
-Serve's HTTP proxy on a free loopback port; it lives for the serving package only and is torn down
+The cluster gets its own ``AIMASS_HOME`` and temp dir under /tmp, its GCS on a free port (or
+$AIMASS_TEST_RAY_PORT) and Serve's HTTP proxy on a free loopback port; it lives for the serving package only and is torn down
 by stopping exactly the processes it started (never ``ray stop``, which would end other clusters).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.ports import free_port
-from tests.serving._support import GCS_PORT, Cluster, Registry, kill_cluster
+from tests.serving._support import Cluster, Registry, cluster_markers, gcs_port, kill_cluster
 
 
 @pytest.fixture(scope="package")
@@ -43,14 +43,14 @@ def serving_cluster():
     from aimass.orchestrator import ray_runtime as rr
 
     temp_dir = rr.ray_temp_dir(home)
-    markers = [str(home), temp_dir, f":{GCS_PORT} "]
+    markers = cluster_markers(home)  # private dirs only: never a port someone else may hold
     saved.setdefault("RAY_AUTH_TOKEN_PATH", os.environ.get("RAY_AUTH_TOKEN_PATH"))
     if ray.is_initialized():  # an earlier module's connection to the session cluster
         ray.shutdown()
     rr.use_cluster_token(home)  # this home's own Ray token (Ray caches the previous cluster's)
     try:
-        address = rr.start_local_cluster(home, num_cpus=8, port=GCS_PORT, dashboard_port=free_port())
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False, namespace="aimass-tests")
+        address = rr.start_local_cluster(home, num_cpus=8, port=gcs_port(), dashboard_port=free_port())
+        rr.connect(address, logging_level="ERROR", log_to_driver=False, namespace="aimass-tests")
         # the registry must exist before replicas read it concurrently
         from aimass.tracking import Tracker
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_requests_that_arrive_while_the_model_works_run_together_next_split_back
     # 2 + 3 rows fit in 8; the 4-row request would make 9, so it goes in the batch after
     assert calls == [1, 5, 4]
     np.testing.assert_array_equal(first[0], rows(1, 100) * 2)
-    for (out, _), (i, n) in zip(queued, enumerate((2, 3, 4))):
+    for (out, _), (i, n) in zip(queued, enumerate((2, 3, 4)), strict=False):
         np.testing.assert_array_equal(out, rows(n, 10 * i) * 2)
     (_, a), (_, b2), _ = queued
     assert a["batch_rows"] == 5 and a["batch_requests"] == 2 and "cache_events" in a
@@ -128,3 +129,29 @@ def test_a_full_queue_refuses_at_once_and_a_failed_call_fails_every_request_of_i
 
     results = asyncio.run(go())
     assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+
+
+def test_a_request_that_waits_longer_than_max_wait_s_in_the_queue_is_refused_then() -> None:
+    """The admission time limit: queued requests get a fast 503 instead of waiting for a slow model;
+    a request already sent is never refused, and the queue keeps working afterwards."""
+
+    async def go():
+        m = Model(gated=True)
+        b = RowBatcher(m.send, 32, max_queued=100, max_wait_s=0.2)
+        sent = asyncio.ensure_future(b.submit(rows(1)))
+        await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        queued = [asyncio.ensure_future(b.submit(rows(1))) for _ in range(5)]
+        done = await asyncio.gather(*queued, return_exceptions=True)
+        waited = time.perf_counter() - t0
+        assert not sent.done() and b.pending == deque() and b.rows == 0
+        m.gate.set()
+        first = await sent
+        again = await b.submit(rows(2))
+        return done, waited, first, again, m.calls
+
+    done, waited, first, again, calls = asyncio.run(go())
+    assert all(isinstance(r, OverloadedError) and "waited 0.2s in its queue" in str(r) for r in done), done
+    assert 0.15 < waited < 1.0
+    assert first[0].shape == (1, 1) and again[0].shape == (2, 1)
+    assert calls == [1, 2], "the refused requests never reached the model"

@@ -48,15 +48,20 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def under_load(serving_cluster, token, path: str, width: int, action):
+def under_load(serving_cluster, token, path: str, width: int, action, min_during: int = 5):
     """``action()`` while a bounded load loop calls ``path`` (20 answers before it, 20 more after it returns).
 
-    Returns (what ``action`` returned, the loop); asserts that no request failed, even before its retry.
+    Returns (what ``action`` returned, the loop); asserts that at least ``min_during`` requests were
+    answered while ``action`` ran (a rollout takes seconds: "no failed request" must not be a claim
+    about an idle loop) and that no request failed, even before its retry.
     """
     with LoadLoop(serving_cluster, token, path, body(width)) as load:
         load.wait_for(20)
+        mark = load.mark()
         result = action()
+        during = load.answered_since(mark)
         load.wait_for(len(load.final) + 20)
+    assert during >= min_during, f"only {during} requests were answered while the action ran"
     assert load.failed_after_retry == 0 and load.raw.count(200) == len(load.raw), load.errors[:5]
     return result, load
 

@@ -83,7 +83,8 @@ def test_health_and_server_metadata(http):
     assert http.get("/v2/health/live").json() == {"live": True}
     assert http.get("/v2/health/ready").json() == {"ready": True}
     meta = http.get("/v2").json()
-    assert meta["name"] == "aimass" and "version" in meta and meta["extensions"] == []
+    assert meta["name"] == "aimass" and "version" in meta and meta["extensions"] == ["binary_tensor_data"]
+    assert all(u.startswith("http://127.0.0.1:") for u in meta["endpoints"])  # the ingress replicas' direct URLs
     r = http.get("/v2/models/digits/ready")
     assert r.status_code == 200 and r.json() == {"name": "digits", "ready": True}
     assert http.get("/v2/models/digits/versions/1/ready").status_code == 200
@@ -146,8 +147,13 @@ BAD = [
     ("unknown field", {**body(np.ones((1, N_IN))), "model": "x"}, 400, "model: Extra inputs are not permitted"),
     ("unknown output", body(np.ones((1, N_IN)), outputs=[{"name": "logits"}]), 400, "unknown output 'logits'"),
     ("too many rows", body(np.ones((65, N_IN))), 413, "65 rows is over the limit of 64"),
-    ("binary extension", {"inputs": [{"name": "input", "shape": [1, N_IN], "datatype": "FP32", "data": [],
-                                      "parameters": {"binary_data_size": 32}}]}, 400, "binary tensor extension"),
+    ("binary size and data", {"inputs": [{"name": "input", "shape": [1, N_IN], "datatype": "FP32", "data": [],
+                                          "parameters": {"binary_data_size": 32}}]}, 400, "both 'data' and parameters.binary_data_size"),
+    ("binary without its header", {"inputs": [{"name": "input", "shape": [1, N_IN], "datatype": "FP32",
+                                               "parameters": {"binary_data_size": 32}}]}, 400, "no Inference-Header-Content-Length"),
+    ("mixed numbers and lists", {"inputs": [{"name": "input", "shape": [1, N_IN], "datatype": "FP32",
+                                             "data": [1.0, [2.0]] + [0.0] * (N_IN - 2)}]}, 400, "mixes numbers and lists"),
+    ("other model_name", {**body(np.ones((1, N_IN))), "model_name": "other"}, 400, "names model 'other'"),
 ]
 
 
@@ -165,7 +171,7 @@ def test_bad_requests_are_refused_with_a_message(http, what, payload, status, me
 @pytest.mark.parametrize("token_literal", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_inf_are_refused(http, token_literal):
     data = ", ".join(["0.5"] * (N_IN - 1) + [token_literal])
-    raw = '{"inputs": [{"name": "input", "shape": [1, %d], "datatype": "FP32", "data": [%s]}]}' % (N_IN, data)
+    raw = '{"inputs": [{"name": "input", "shape": [1, %d], "datatype": "FP32", "data": [%s]}]}' % (N_IN, data)  # noqa: UP031 - JSON braces
     r = http.post("/v2/models/digits/infer", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 400
     assert "contains NaN or Inf (first at flat index 7)" in r.json()["error"]
@@ -286,7 +292,7 @@ def test_cli_predict_and_status(serving_cluster, app):
     assert res.exit_code == 0 and "predicted" in res.output and "zero" in res.output
     res = runner.invoke(cli, ["predict", "digits", "--input", "[[1, 2]]", "--url", serving_cluster.url, "--token-file",
                               str(serving_cluster.home / "serve-token")])
-    assert res.exit_code == 1 and "dimension 1 is 2, the model expects 8" in res.output
+    assert res.exit_code == 1 and "expects input 'input' FP32 [-1, 8] (rows of 8 values); given 1 row of 2 values" in res.output
     res = runner.invoke(cli, ["serving", "status", "e2e", "--output", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["apps"][0]["models"][0]["version"] == "1"
@@ -350,3 +356,8 @@ def test_a_standard_v2_client_works_unchanged(serving_cluster, token, app):
         c.infer("digits", [bad], headers=auth)
     with pytest.raises(InferenceServerException, match="missing bearer token"):
         c.get_model_metadata("digits")
+    # binary tensor data extension, both ways (a fresh headers dict each call: the client writes into it)
+    inp.set_data_from_numpy(x, binary_data=True)
+    res = c.infer("digits", [inp], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=True)],
+                  headers=dict(auth))
+    assert np.allclose(res.as_numpy("probabilities"), probs, atol=1e-6)

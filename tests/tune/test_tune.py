@@ -21,6 +21,7 @@ from aimass.steps.train import apply_best_config
 from aimass.steps.tune import TuneStep
 from aimass.storage import get_store
 from aimass.tracking import Tracker
+from tests.procs import cluster_workers
 
 pytestmark = pytest.mark.ray
 
@@ -54,18 +55,14 @@ BASE = {"train": {"model": "mlp", "epochs": 4, "batchSize": 16, "modelArgs": {"h
         "searchSpace": {"optimizer.lr": {"loguniform": [0.001, 0.1]}}, "numSamples": 3, "maxConcurrentTrials": 2}
 
 
-@pytest.mark.parametrize("scheduler,algo", [("fifo", "random"), ("asha", "optuna"), ("hyperband", "random"), ("pbt", "random")])
-def test_schedulers_and_search_algorithms(env, scheduler, algo):
-    cfg = {**BASE, "scheduler": {"type": scheduler, "gracePeriod": 1, "perturbationInterval": 1}, "searchAlgorithm": algo}
-    out, parent = run_tune(env, f"s-{scheduler}", cfg)
-    assert set(out["best_config"]) == {"optimizer.lr"} and 0.001 <= out["best_config"]["optimizer.lr"] <= 0.1
+def check_search(env, out, parent, trials_n: int):
+    """What every search must give: the best config and model, one MLflow run per trial, the best one tagged."""
+    assert set(out["best_config"]) == {"optimizer.lr"}
     m = out["tune_metrics"]
-    assert m["trials"] == 3 and 3 <= m["trial_epochs"] <= 12 and 0 < m["best_val_accuracy"] <= 1
+    assert m["trials"] == trials_n and 0 < m["best_val_accuracy"] <= 1
     assert env["store"].exists(out["model"]["key"] + "/weights.safetensors")
-    if scheduler == "fifo":
-        assert m["trial_epochs"] == 12  # FIFO never stops a trial early
     trials = env["tracker"].child_runs(parent, env["exp"])
-    assert len(trials) == 3 and all(t.tags["aimass.kind"] == "trial" for t in trials)
+    assert len(trials) == trials_n and all(t.tags["aimass.kind"] == "trial" for t in trials)
     assert sum(t.tags.get("aimass.best_trial") == "true" for t in trials) == 1
     assert all(len(env["tracker"].get_metric_history(t.run_id, "val_accuracy")) >= 1 for t in trials)
     # The reported best is the best epoch of the best trial (whose checkpoint became the model), not its last epoch.
@@ -73,6 +70,72 @@ def test_schedulers_and_search_algorithms(env, scheduler, algo):
     best_curve = [v for _, v in env["tracker"].get_metric_history(best.run_id, "val_accuracy")]
     everything = [v for t in trials for _, v in env["tracker"].get_metric_history(t.run_id, "val_accuracy")]
     assert m["best_val_accuracy"] == pytest.approx(max(best_curve)) == pytest.approx(max(everything))
+    tags = env["tracker"].get_run(parent).tags
+    epochs = sorted(len(env["tracker"].get_metric_history(t.run_id, "val_accuracy")) for t in trials)
+    return tags, epochs
+
+
+# A seeded set-up whose outcome each scheduler decides: one good learning rate and one that cannot learn
+# in a few epochs, run one after the other (the good one first, so a scheduler has something to compare with).
+GOOD_AND_BAD = {**BASE, "train": {**BASE["train"], "epochs": 6}, "searchSpace": {"optimizer.lr": {"grid": [0.05, 0.000001]}},
+                "numSamples": 1, "maxConcurrentTrials": 1}
+
+
+def test_fifo_with_random_search_runs_every_trial_to_the_end(env):
+    out, parent = run_tune(env, "s-fifo", {**GOOD_AND_BAD, "scheduler": {"type": "fifo"}, "searchAlgorithm": "random"})
+    tags, epochs = check_search(env, out, parent, 2)
+    assert (tags["aimass.tune.scheduler"], tags["aimass.tune.searcher"]) == ("FIFOScheduler", "BasicVariantGenerator")
+    assert epochs == [6, 6] and out["tune_metrics"]["trial_epochs"] == 12  # FIFO never stops a trial early
+    assert out["best_config"]["optimizer.lr"] == 0.05
+
+
+def test_asha_stops_the_bad_trial_early(env):
+    cfg = {**GOOD_AND_BAD, "scheduler": {"type": "asha", "gracePeriod": 1, "reductionFactor": 2}, "searchAlgorithm": "random"}
+    out, parent = run_tune(env, "s-asha", cfg)
+    tags, epochs = check_search(env, out, parent, 2)
+    assert tags["aimass.tune.scheduler"] == "AsyncHyperBandScheduler"
+    assert epochs[1] == 6 and epochs[0] < 6, f"ASHA did not stop the trial that cannot learn: epochs {epochs}"
+    assert out["tune_metrics"]["trial_epochs"] < 12
+    assert out["best_config"]["optimizer.lr"] == 0.05
+
+
+def test_hyperband_fills_its_brackets(env):
+    """max_t 4, reduction factor 4 gives Ray's HyperBand two brackets, filled in trial order: s=0 takes 2
+    trials for the full 4 epochs; s=1 takes 4 trials for 1 epoch and keeps the best quarter (with the 2
+    trials left for it, 1 goes on to 4 epochs, the other is stopped after 1)."""
+    cfg = {**BASE, "train": {**BASE["train"], "epochs": 4}, "numSamples": 1, "maxConcurrentTrials": 4,
+           "searchSpace": {"optimizer.lr": {"grid": [0.05, 0.02, 0.000001, 0.000002]}},
+           "scheduler": {"type": "hyperband", "reductionFactor": 4}, "searchAlgorithm": "random"}
+    out, parent = run_tune(env, "s-hyperband", cfg)
+    tags, epochs = check_search(env, out, parent, 4)
+    assert tags["aimass.tune.scheduler"] == "HyperBandScheduler"
+    assert epochs == [1, 4, 4, 4], f"HyperBand's brackets did not show: epochs {epochs}"
+    by_lr = {float(t.params["optimizer.lr"]): len(env["tracker"].get_metric_history(t.run_id, "val_accuracy"))
+             for t in env["tracker"].child_runs(parent, env["exp"])}
+    assert by_lr[0.05] == by_lr[0.02] == 4  # the first bracket's trials ran the full budget
+    assert sorted((by_lr[0.000001], by_lr[0.000002])) == [1, 4]  # the second bracket's were halved
+    assert out["tune_metrics"]["trial_epochs"] == 13 and out["best_config"]["optimizer.lr"] in (0.05, 0.02)
+
+
+def test_pbt_exploits_the_better_trial(env):
+    """Two trials side by side, perturbed every 2 epochs: the worse one must copy the better one's checkpoint and
+    config. The trials are long enough (10 small-batch epochs) to overlap although each actor takes seconds to start."""
+    cfg = {**BASE, "train": {**BASE["train"], "epochs": 10, "batchSize": 4},
+           "searchSpace": {"optimizer.lr": {"loguniform": [0.000001, 0.1]}}, "numSamples": 2, "maxConcurrentTrials": 2,
+           "scheduler": {"type": "pbt", "perturbationInterval": 2, "quantileFraction": 0.5}, "searchAlgorithm": "random"}
+    out, parent = run_tune(env, "s-pbt", cfg)
+    tags, _ = check_search(env, out, parent, 2)
+    assert tags["aimass.tune.scheduler"] == "PopulationBasedTraining"
+    assert int(tags["aimass.tune.perturbations"]) >= 1, "PBT never exploited a trial"
+
+
+def test_optuna_search_is_the_searcher_that_ran(env):
+    cfg = {**BASE, "train": {**BASE["train"], "epochs": 2}, "numSamples": 2, "scheduler": {"type": "fifo"}, "searchAlgorithm": "optuna"}
+    out, parent = run_tune(env, "s-optuna", cfg)
+    tags, epochs = check_search(env, out, parent, 2)
+    assert (tags["aimass.tune.scheduler"], tags["aimass.tune.searcher"]) == ("FIFOScheduler", "OptunaSearch")
+    assert epochs == [2, 2] and int(tags["aimass.tune.perturbations"]) == 0
+    assert 0.001 <= out["best_config"]["optimizer.lr"] <= 0.1
 
 
 def test_grid_and_best_config_flows_to_train(env):
@@ -87,22 +150,18 @@ def test_grid_and_best_config_flows_to_train(env):
     assert {"tuning_results.csv", "plots/tuning_results.png"} <= arts
 
 
-def test_killed_trial_is_retried_and_the_search_finishes(env):
-    import psutil
-
+def test_killed_trial_is_retried_and_the_search_finishes(env, cluster_markers):
     killed: list[int] = []
 
     def killer():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             ck = list((env["root"] / "artifacts" / "runs" / "kill" / "steps" / "tune" / "tune").rglob("checkpoint_*"))
-            if ck:
-                for p in psutil.process_iter(["pid", "cmdline"]):
-                    cmd = p.info["cmdline"] or []
-                    if cmd and cmd[0].startswith("ray::ImplicitFunc"):
-                        os.kill(p.info["pid"], signal.SIGKILL)
-                        killed.append(p.info["pid"])
-                        return
+            # only a trial of this session's cluster (never another cluster's on the machine)
+            if ck and (pids := cluster_workers(cluster_markers, "ray::ImplicitFunc")):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
             time.sleep(0.1)
 
     threading.Thread(target=killer, daemon=True).start()
@@ -169,13 +228,11 @@ def test_interrupted_search_in_s3_is_restored_by_a_new_driver(env, tmp_path, mon
     import sys
 
     import boto3
-
-    from tests.s3util import moto_s3
-
     import ray
 
     from aimass.data import open_dataset
     from aimass.orchestrator.ray_runtime import ensure_ray
+    from tests.s3util import moto_s3
 
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(k, v)

@@ -68,8 +68,8 @@ def test_unknown_field_names_line_and_suggests():
 """))
     assert len(errs) == 1
     assert errs[0].startswith("p.yaml:10:")
-    assert "unknown field `steps[data].config.normalise`" in errs[0]
-    assert "did you mean 'normalize'" in errs[0]
+    assert "unknown field `spec.steps[0].config.normalise` in step 'data'" in errs[0]
+    assert "Did you mean 'normalize'?" in errs[0]
 
 
 def test_wrong_type_and_range_report_value_and_line():
@@ -229,3 +229,14 @@ def test_spec_reference_doc_is_current(repo_root):
     from aimass.spec.reference import render
 
     assert (repo_root / "docs" / "spec.md").read_text() == render() + "\n", "run: python -m aimass.spec.reference > docs/spec.md"
+
+
+def test_step_type_description_names_only_types_that_exist():
+    import re
+
+    from aimass.spec import StepSpec
+    from aimass.spec.configs import step_types
+
+    text = StepSpec.model_fields["type"].description
+    named = re.search(r"\(([a-z, ]+)\)", text).group(1).split(", ")
+    assert named and set(named) <= set(step_types()), (named, step_types())

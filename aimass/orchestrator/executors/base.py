@@ -28,13 +28,26 @@ import re
 import shlex
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from aimass.exceptions import ConflictError, InvalidRequestError, NotFoundError
+
+# Run states and the run-id rule have one home, aimass.orchestrator.state; re-exported for the backends.
+from aimass.orchestrator.state import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUN_ID_PATTERN,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    UNKNOWN,
+    check_run_id,
+    new_run_id,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from aimass.spec import PipelineSpec
@@ -46,14 +59,6 @@ __all__ = [
     "build_entrypoint", "entrypoint_string", "check_run_id", "new_run_id", "get_executor", "executor_for",
 ]
 
-# --- run states shared by every backend -------------------------------------------------------
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN"
-TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
-
-# A DNS-1123 label of at most 40 characters: run ids become Kubernetes object names
-# ("aimass-<run id>" must fit KubeRay's 47-character RayJob name limit) and Ray submission ids.
-RUN_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
-_RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 # Paths we put in an entrypoint: relative or absolute, plain characters, no `..`.
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,254}$|^/[A-Za-z0-9_./-]{1,254}$")
 
@@ -62,28 +67,6 @@ ENTRYPOINTS: dict[str, tuple[str, ...]] = {
     "run": ("aimass", "run", "{spec}", "--run-id", "{run_id}"),
     "validate": ("aimass", "pipeline", "validate", "{spec}"),
 }
-
-
-def check_run_id(run_id: str) -> str:
-    """Validate a run id (lowercase letters, digits and '-', at most 40 characters)."""
-    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
-        raise InvalidRequestError(
-            "invalid run id", got=run_id,
-            fix="Use at most 40 lowercase letters, digits and '-', starting and ending with a letter or digit.")
-    return run_id
-
-
-def new_run_id() -> str:
-    """A fresh run id in the same format as local runs (``YYYYmmdd-HHMMSS-xxxxxx``)."""
-    try:
-        from aimass.orchestrator.state import new_run_id as _local_new_run_id
-
-        rid = _local_new_run_id()
-        if _RUN_ID_RE.match(rid):
-            return rid
-    except ImportError:  # pragma: no cover - before the orchestrator lands
-        pass
-    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def build_entrypoint(action: str = "run", *, spec_path: str, run_id: str) -> list[str]:

@@ -22,6 +22,9 @@ STEP_CONFIGS: dict[str, Any] = {
     "register": "aimass.spec.configs.register:RegisterConfig",
     "tune": "aimass.spec.configs.tune:TuneConfig",
     "deploy": "aimass.spec.configs.deploy:DeployConfig",
+    "compress": "aimass.spec.configs.compress:CompressConfig",
+    "export": "aimass.spec.configs.compress:ExportConfig",
+    "ensemble": "aimass.spec.configs.compress:EnsembleConfig",
 }
 
 

@@ -12,11 +12,12 @@ __all__ = ["StepConfig"]
 class StepConfig(StrictModel):
     """Base of step configs.
 
-    ``INPUTS`` maps an input name to whether it is required; ``OUTPUTS`` lists what the step produces.
+    ``INPUTS`` maps an input name to whether it is required, or to ``"many"`` (a list from every dependsOn step that
+    produces it); ``OUTPUTS`` lists what the step produces.
     The validator wires each input to the upstream step that produces it (or to ``inputs:`` in the spec).
     """
 
-    INPUTS: ClassVar[dict[str, bool]] = {}
+    INPUTS: ClassVar[dict[str, bool | str]] = {}
     OUTPUTS: ClassVar[tuple[str, ...]] = ()
 
     def check_in_pipeline(self, step: Any, pipeline: Any) -> list[tuple[str, str, tuple | None]]:

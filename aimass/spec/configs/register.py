@@ -23,12 +23,24 @@ class GateConfig(StrictModel):
     compare_metric: str | None = Field("accuracy", description="Metric compared against the current champion (None: no comparison).")
     mode: Literal["max", "min"] = Field("max", description="Whether a higher compareMetric is better.")
     min_improvement: float = Field(0.0, description="The challenger must beat the champion by at least this much (>= when 0).")
+    max_latency_ms: float | None = Field(None, gt=0, description="Candidates only: p50 latency at batch 1 must be <= this (ms).")
+    max_size_mb: float | None = Field(None, gt=0, description="Candidates only: size on disk must be <= this (MB).")
+    max_metric_drop: float | None = Field(None, ge=0, description="Candidates only: the metric (selectMetric) may drop at most this much vs the uncompressed original.")
+    select: Literal["best-under-constraints", "best-metric"] = Field(
+        "best-under-constraints", description="Candidates only: which passing candidate is registered.")
+    prefer: Literal["size", "latency"] = Field("size", description="Candidates only, with best-under-constraints: smallest or fastest.")
+    select_metric: str = Field("accuracy", description="Candidates only: the metric maxMetricDrop and best-metric read.")
 
 
 class RegisterConfig(StepConfig):
-    """Registers the model as ``challenger``; moves ``champion`` only when the gate passes."""
+    """Registers the model as ``challenger``; moves ``champion`` only when the gate passes.
 
-    INPUTS = {"model": True, "metrics": False}
+    With ``candidates`` from a compress step, the gate first picks one candidate (absolute thresholds,
+    ``maxLatencyMs``, ``maxSizeMb``, ``maxMetricDrop`` vs the uncompressed original) and registers that one;
+    when none passes it registers nothing and fails with every candidate's numbers.
+    """
+
+    INPUTS = {"model": True, "metrics": False, "candidates": False}
     OUTPUTS = ("model_uri", "model_version")
 
     model_name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Registered model name.")

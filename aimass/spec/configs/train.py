@@ -9,7 +9,8 @@ from pydantic import Field, model_validator
 from aimass.spec.base import StrictModel
 from aimass.spec.configs.base import StepConfig
 
-__all__ = ["EarlyStoppingConfig", "InitConfig", "LoraConfig", "OptimizerConfig", "ParamGroupConfig", "ScheduleConfig", "TrainConfig"]
+__all__ = ["IMAGE_MODELS", "EarlyStoppingConfig", "InitConfig", "LoraConfig", "OptimizerConfig", "ParamGroupConfig", "ScheduleConfig",
+           "TrainConfig", "check_model_fits_data"]
 
 
 class OptimizerConfig(StrictModel):
@@ -91,8 +92,34 @@ class TrainConfig(StepConfig):
         return self
 
     def check_in_pipeline(self, step, pipeline):
-        from aimass.models.registry import model_names
+        return check_model_fits_data(self.model, ("config", "model"), step, pipeline)
 
-        if self.model not in model_names():
-            return [(f"unknown model {self.model!r}", f"Known models: {', '.join(model_names())}.", ("config", "model"))]
-        return []
+
+# Zoo models that take [C,H,W] (or [H,W]) images, so their data step must say how to reshape rows.
+IMAGE_MODELS = frozenset({"cnn"})
+
+
+def check_model_fits_data(model: str, field: tuple, step: Any, pipeline: Any) -> list[tuple[str, str, tuple | None]]:
+    """Cross-checks of a model name in a train (or tune) step: it exists, and the data feeding it fits.
+
+    An image model whose ``dataset`` comes from a ``data`` step without ``imageShape`` would fail only
+    when the model is built on a worker; here it fails at validation, pointing at the data step.
+    """
+    from aimass.models.registry import model_names
+
+    if model not in model_names():
+        return [(f"unknown model {model!r}", f"Known models: {', '.join(model_names())}.", field)]
+    if model in IMAGE_MODELS:
+        from aimass.spec.configs.data import DataConfig
+        from aimass.spec.wiring import WiringError, resolve_inputs
+
+        try:
+            up_name, _ = resolve_inputs(step, pipeline).get("dataset", (None, None))
+        except (WiringError, KeyError):
+            return []  # reported by the wiring check
+        data_cfg = pipeline.step(up_name).parsed_config if up_name else None
+        if isinstance(data_cfg, DataConfig) and not data_cfg.image_shape and data_cfg.modality != "image":
+            return [(f"model {model!r} takes images, but its data step {up_name!r} has no imageShape",
+                     f"Set imageShape on step {up_name!r} (e.g. imageShape: [1, 8, 8] for builtin:digits), "
+                     "or use a model over flat features (mlp, logreg).", field)]
+    return []

@@ -136,11 +136,9 @@ class TuneConfig(StepConfig):
         return self
 
     def check_in_pipeline(self, step, pipeline):
-        from aimass.models.registry import model_names
+        from aimass.spec.configs.train import check_model_fits_data
 
-        if self.train.model not in model_names():
-            return [(f"unknown model {self.train.model!r}", f"Known models: {', '.join(model_names())}.", ("config", "train", "model"))]
-        return []
+        return check_model_fits_data(self.train.model, ("config", "train", "model"), step, pipeline)
 
 
 def _unknown_path(base: dict[str, Any], key: str) -> bool:
