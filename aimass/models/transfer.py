@@ -333,7 +333,7 @@ def param_groups(model: nn.Module, groups: list[dict[str, Any]] | None, base_lr:
                 break
         else:
             rest.append(p)
-    out = [{"params": b, "lr": float(g["lr"]), "name": g["pattern"]} for b, g in zip(buckets, groups) if b]
+    out = [{"params": b, "lr": float(g["lr"]), "name": g["pattern"]} for b, g in zip(buckets, groups, strict=True) if b]
     if rest:
         out.append({"params": rest, "lr": base_lr, "name": "rest"})
     return out
