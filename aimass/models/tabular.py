@@ -21,7 +21,7 @@ class TabMLP(nn.Module):
         self.num_categorical = len(cardinalities)
         # one row per code (code 0 = missing), width ~ 1.6 * cardinality^0.56 capped at 32 unless set
         dims = [int(embed_dim) if embed_dim else min(32, max(2, round(1.6 * (k + 1) ** 0.56))) for k in cardinalities]
-        self.embeddings = nn.ModuleList([nn.Embedding(k + 1, d) for k, d in zip(cardinalities, dims)])
+        self.embeddings = nn.ModuleList([nn.Embedding(k + 1, d) for k, d in zip(cardinalities, dims, strict=True)])
         layers: list[nn.Module] = []
         width = num_numeric + sum(dims)
         for h in hidden:

@@ -300,6 +300,11 @@ def apply_freeze(model: nn.Module, init: dict[str, Any] | None) -> dict[str, int
                 seen_kept = True
             if not seen_kept:
                 frozen_prefix.add(n)
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not any(_match(n, pat) for n in names):
+            raise SpecError(f"init.freeze pattern {pat!r} matches no parameter", got=pat,
+                            fix=f"Parameter names look like: {', '.join(names[:4])}, ... (globs, or re:REGEX).")
     for n, p in model.named_parameters():
         if n in heads:
             continue
@@ -328,7 +333,7 @@ def param_groups(model: nn.Module, groups: list[dict[str, Any]] | None, base_lr:
                 break
         else:
             rest.append(p)
-    out = [{"params": b, "lr": float(g["lr"]), "name": g["pattern"]} for b, g in zip(buckets, groups) if b]
+    out = [{"params": b, "lr": float(g["lr"]), "name": g["pattern"]} for b, g in zip(buckets, groups, strict=True) if b]
     if rest:
         out.append({"params": rest, "lr": base_lr, "name": "rest"})
     return out

@@ -52,7 +52,7 @@ class ResNet(nn.Module):
             raise TypeError(f"widths and blocks must have the same length, got {list(widths)} and {list(blocks)}")
         self.stem = nn.Sequential(nn.Conv2d(channels, int(widths[0]), 3, 1, 1, bias=False), nn.BatchNorm2d(int(widths[0])), nn.ReLU())
         layers, cin = [], int(widths[0])
-        for i, (w, n) in enumerate(zip(widths, blocks)):
+        for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
             for j in range(int(n)):
                 layers.append(_Block(cin, int(w), 2 if (i > 0 and j == 0) else 1))
                 cin = int(w)

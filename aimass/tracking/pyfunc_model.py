@@ -20,6 +20,9 @@ class AimassModel(PythonModel):
         import torch
 
         x = model_input[self.input_name] if isinstance(model_input, dict) else model_input
+        if getattr(self.model.card, "input_kind", "tensor") in ("text", "image"):  # raw input: the model preprocesses it
+            x = x.iloc[:, 0].to_numpy() if hasattr(x, "iloc") else np.asarray(x)
+            return self.model.predict_proba(x).numpy()
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
         return self.model.predict_proba(x).numpy()
 

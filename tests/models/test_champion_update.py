@@ -36,7 +36,7 @@ def test_finetuning_the_champion_starts_at_its_loss(local_ray):
     version = first.steps["register"].outputs["model_version"]["version"]
 
     second = run_pipeline(parse_pipeline(spec("champ-b", {"init": {"from": "models:/champ-update@champion",
-                                                                    "freeze": ["net.0.*"]}}, 1)), settings)
+                                                                    "freeze": ["net.1.*"]}}, 1)), settings)
     assert second.status == "SUCCEEDED", second
     out = second.steps["train"].outputs
     first_epoch = out["model"]["history"][0]

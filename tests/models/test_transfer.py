@@ -157,6 +157,8 @@ def test_freeze_by_pattern_and_last_blocks_and_param_groups(tiny):
     trainable = [n for n, p in tiny.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith(("backbone.bert.encoder.layer.2.", "backbone.bert.pooler", "backbone.classifier"))
                              for n in trainable), trainable
+    with pytest.raises(SpecError, match="matches no parameter"):
+        apply_freeze(tiny, {"freeze": ["encoder.layers.*"]})
     groups = param_groups(tiny, [{"pattern": "*classifier*", "lr": 1e-2}], 1e-4)
     assert [g["lr"] for g in groups] == [1e-2, 1e-4]
     assert sum(len(g["params"]) for g in groups) == len(trainable)
@@ -168,6 +170,7 @@ def test_lora_trains_only_adapters_and_head_and_round_trips(tiny, tmp_path):
     src = save_model(tiny, tmp_path / "src")
     model, card, _ = init_model(text_card(), {"from": str(src), "lora": {"r": 4, "alpha": 8, "targetModules": ["query", "value"]}},
                                 resolve_source(str(src)))
+    assert card.args["lora"]["r"] == 4  # recorded, so the unmerged model reloads with its adapters
     counts = trainable_parameters(model)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert all("lora_" in n or "classifier" in n for n in trainable), trainable
