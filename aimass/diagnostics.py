@@ -23,9 +23,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["Check", "CHECKS", "run_checks", "OK", "WARN", "FAIL"]
@@ -73,7 +74,7 @@ def _tcp(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> str | None
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return None
-    except socket.timeout:
+    except TimeoutError:
         return f"no answer within {timeout_s:g}s"
     except OSError as e:
         return e.strerror or type(e).__name__

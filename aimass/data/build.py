@@ -210,7 +210,7 @@ def _split_and_check(n: int, specs: list[TargetSpec], arrays: list[np.ndarray], 
     primary = specs[0]
     strat = arrays[0] if primary.kind == "classification" else None
     i_tr, i_val, i_te = split_indices(n, cfg.split, seed, strat=strat, class_names=primary.class_names)
-    for spec, y in zip(specs, arrays):
+    for spec, y in zip(specs, arrays, strict=True):
         if spec.kind != "classification":
             continue
         seen = set(np.unique(y[i_tr]).tolist())
@@ -223,7 +223,7 @@ def _split_and_check(n: int, specs: list[TargetSpec], arrays: list[np.ndarray], 
 
 def _assemble(x, c, specs, arrays, idx, modality, preprocess, mean, scale) -> Dataset:
     i_tr, i_val, i_te = idx
-    extra = {s.name: {"train": a[i_tr], "val": a[i_val], "test": a[i_te]} for s, a in zip(specs[1:], arrays[1:])}
+    extra = {s.name: {"train": a[i_tr], "val": a[i_val], "test": a[i_te]} for s, a in zip(specs[1:], arrays[1:], strict=True)}
     y = arrays[0]
     preprocess = dict(preprocess)
     preprocess["targets"] = [s.to_dict() for s in specs]
@@ -238,17 +238,17 @@ def _assemble(x, c, specs, arrays, idx, modality, preprocess, mean, scale) -> Da
 
 def _class_counts(specs, arrays) -> dict[str, dict[str, int]]:
     out = {}
-    for s, y in zip(specs, arrays):
+    for s, y in zip(specs, arrays, strict=True):
         if s.kind == "classification":
-            out[s.name] = {n: int(k) for n, k in zip(s.class_names, np.bincount(y, minlength=len(s.class_names)))}
+            out[s.name] = {n: int(k) for n, k in zip(s.class_names, np.bincount(y, minlength=len(s.class_names)), strict=True)}
         elif s.kind == "multilabel":
-            out[s.name] = {n: int(k) for n, k in zip(s.class_names, y.sum(axis=0))}
+            out[s.name] = {n: int(k) for n, k in zip(s.class_names, y.sum(axis=0), strict=True)}
     return out
 
 
 def _manifest(cfg, digest, seed, id_kind, ids, idx, skipped) -> dict[str, Any]:
     return {"version": MANIFEST_VERSION, "source": cfg.source, "digest": digest, "idKind": id_kind, "seed": seed,
-            "splits": {s: sorted(ids[i] for i in part.tolist()) for s, part in zip(("train", "val", "test"), idx)},
+            "splits": {s: sorted(ids[i] for i in part.tolist()) for s, part in zip(("train", "val", "test"), idx, strict=True)},
             "skipped": skipped}
 
 
@@ -368,7 +368,7 @@ def _build_text(cfg, seed, endpoint_url) -> BuildResult:
     texts = frame[tc.text_column].tolist()
     bad = np.zeros(len(frame), dtype=bool)
     skipped = []
-    for i, (rid, t) in enumerate(zip(frame.index.tolist(), texts)):
+    for i, (rid, t) in enumerate(zip(frame.index.tolist(), texts, strict=True)):
         reason = None
         if not isinstance(t, str) or not t.strip():
             reason = "empty or missing text"
@@ -481,7 +481,7 @@ def _build_image_from(cfg, seed, endpoint_url, downloads: list) -> BuildResult:
     rel_paths = [str(p).replace("\\", "/") for p in frame[path_col].tolist()]
     x, keep, skipped, sizes = _decode_all(root, rel_paths, ic, name)
     metrics["images_skipped"] = float((~keep).sum())
-    digest = _folder_digest(root, [p for p, k in zip(rel_paths, keep) if k])
+    digest = _folder_digest(root, [p for p, k in zip(rel_paths, keep, strict=True) if k])
     frame, x = frame[keep].reset_index(drop=True), x[keep]
     specs, arrays, tkeep = _target_arrays(frame, tcfgs, name, cfg.clean.missing)
     frame, x, arrays = frame[tkeep].reset_index(drop=True), x[tkeep], [a[tkeep] for a in arrays]
@@ -502,9 +502,9 @@ def _build_image_from(cfg, seed, endpoint_url, downloads: list) -> BuildResult:
     manifest["root"] = (base if fmt != "folder" else cfg.source.rstrip("/") + "/") if cfg.source.startswith("s3://") \
         else str(root.resolve())
     manifest["labels"] = {}
-    for s, part in zip(("train", "val", "test"), idx):
+    for s, part in zip(("train", "val", "test"), idx, strict=True):
         order = sorted(part.tolist(), key=lambda i: ids[i])
-        manifest["labels"][s] = {t.name: a[order].tolist() for t, a in zip(specs, arrays)}
+        manifest["labels"][s] = {t.name: a[order].tolist() for t, a in zip(specs, arrays, strict=True)}
     return BuildResult(ds, manifest, digest, metrics, stats)
 
 

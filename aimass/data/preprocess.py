@@ -108,7 +108,7 @@ def encode_table(preprocess: dict[str, Any], frame) -> tuple[np.ndarray, np.ndar
     cat = preprocess.get("categorical") or {"columns": [], "vocab": {}}
     n = len(frame)
     x = np.zeros((n, len(num["columns"])), dtype=np.float32)
-    for j, (col, fill) in enumerate(zip(num["columns"], num["fill"])):
+    for j, (col, fill) in enumerate(zip(num["columns"], num["fill"], strict=True)):
         v = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
         x[:, j] = np.where(np.isnan(v), fill, v)
     c = np.zeros((n, len(cat["columns"])), dtype=np.int64)
@@ -140,7 +140,7 @@ def encode_table_rows(preprocess: dict[str, Any], rows: list[dict[str, Any]]) ->
         if unknown:
             raise InvalidRequestError(f"row {i} has columns the model does not know", got=unknown[:10],
                                       fix=f"Known columns: {', '.join(sorted(known))}.")
-        for j, (col, fill) in enumerate(zip(num["columns"], num["fill"])):
+        for j, (col, fill) in enumerate(zip(num["columns"], num["fill"], strict=True)):
             v = _to_float(row.get(col), i, col)
             x[i, j] = fill if math.isnan(v) else v
         for j, col in enumerate(cat["columns"]):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from aimass.exceptions import AimassError, AuthError, InvalidRequestError, NotFoundError, ServingError
-from aimass.serving.protocol import BINARY_HEADER, DATATYPES, PayloadTooLargeError, encode_bytes_elements, datatype_of
+from aimass.serving.protocol import BINARY_HEADER, DATATYPES, PayloadTooLargeError, datatype_of, encode_bytes_elements
 
 __all__ = ["Client", "InferResult"]
 

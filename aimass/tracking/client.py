@@ -240,15 +240,13 @@ class Tracker:
 
     def read_text(self, run_id: str, path: str) -> str | None:
         """A small text artifact of a run, or None when the run has none at ``path``."""
-        def go() -> str | None:
+        folder = path.rsplit("/", 1)[0] if "/" in path else None
+        if path not in self.list_artifacts(run_id, folder):  # backends differ in how a missing file fails
+            return None
+
+        def go() -> str:
             with tempfile.TemporaryDirectory(prefix="aimass-art-") as d:
-                try:
-                    local = self.client.download_artifacts(run_id, path, d)
-                except Exception as exc:  # MLflow raises its own or OSError for a missing file
-                    if "RESOURCE_DOES_NOT_EXIST" in str(exc) or isinstance(exc, OSError) or "not found" in str(exc).lower():
-                        return None
-                    raise
-                return Path(local).read_text()
+                return Path(self.client.download_artifacts(run_id, path, d)).read_text()
 
         return self._call(f"read artifact {path}", go)
 

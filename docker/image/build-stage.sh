@@ -45,8 +45,19 @@ fi
 # 3. The environment, offline: only the wheelhouse is visible to pip.
 export PIP_NO_INDEX=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONFIG_FILE=/dev/null
 "$PY" -m venv /opt/aimass/venv
-/opt/aimass/venv/bin/python -m pip install -q --no-index --find-links "$W" "$(ls "$W"/aimass-*.whl)" "mlflow[auth]"
+/opt/aimass/venv/bin/python -m pip install -q --no-compile --no-index --find-links "$W" "$(ls "$W"/aimass-*.whl)" "mlflow[auth]"
 /opt/aimass/venv/bin/python -m pip check
+say "$(date -u +%T) installed; trimming"
+
+# 3b. Trim what no run needs (~400 MB): packages' test suites, C/C++ headers, torch's C++ test
+# binaries and protoc, Ray's Java jars, type stubs. No compiler is in the image to use headers.
+SP=/opt/aimass/venv/lib/python3.11/site-packages
+find "$SP" -depth -type d -name tests -prune -exec rm -rf {} +
+find "$SP" -type f \( -name '*.pyi' -o -name '*.pxd' -o -name '*.pyx' \) -delete
+rm -rf "$SP/torch/test" "$SP/torch/include" "$SP/pyarrow/include" "$SP/ray/jars"
+find "$SP/torch/bin" -type f ! -name torch_shm_manager -delete
+# Bytecode once, in parallel (the root filesystem is read-only at run time: nothing is compiled later).
+/opt/aimass/venv/bin/python -m compileall -q -j 0 "$SP" >/dev/null || say "some files did not byte-compile (as with pip)"
 /opt/aimass/venv/bin/python - "$VARIANT" <<'PY'
 import sys, torch
 variant = sys.argv[1]

@@ -142,3 +142,36 @@ def test_evaluation_of_several_target_kinds_is_logged_with_plots(env):
     logged = client.get_run(ctx.mlflow_run_id).data.metrics
     assert logged["size.r2"] == pytest.approx(metrics["size.r2"]) and "evaluation_report.json" in {
         a.path for a in client.list_artifacts(ctx.mlflow_run_id)}
+
+
+def test_two_head_table_model_trained_on_the_data_step_output_is_evaluated_per_target(env, monkeypatch):
+    """The data <-> model contract end to end, in process: table data with a class and a numeric target ->
+    the train step's card -> tab-mlp trained with the training loop's epoch code -> evaluate via predict_heads."""
+    from aimass.models import ModelCard, build_model
+    from aimass.models.io import save_model
+    from aimass.spec.configs.train import TrainConfig
+    from aimass.steps.train import model_card_for
+    from aimass.training.loop import split_data
+    from tests.models._support import fit
+
+    monkeypatch.chdir(env["root"])
+    cfg = load_pipeline(REPO / "pipelines" / "table-customers.yaml").step("data").parsed_config
+    ref = DataStep().run(ctx_for(env, "twohead"), cfg)["dataset"]
+    ds = open_dataset(ref, store=env["store"])
+    card = ModelCard.from_dict(model_card_for(TrainConfig.model_validate({"model": "tab-mlp"}), ref, ds))
+    torch.manual_seed(0)
+    model = build_model(card)
+    fit(model, split_data(model, ds, "train"), split_data(model, ds, "val"), epochs=30, lr=3e-3)
+    save_model(model, env["root"] / "twohead-model")
+    env["store"].put_dir(env["root"] / "twohead-model", "runs/twohead/steps/train/model")
+    ectx = ctx_for(env, "twohead-eval", "evaluate",
+                   {"dataset": ref, "model": {"key": "runs/twohead/steps/train/model", "root": env["store"].root_uri, "history": []}})
+    out = EvaluateStep().run(ectx, EvaluateConfig.model_validate({"split": "test"}))
+    m = out["metrics"]
+    assert m["accuracy"] == m["churn.accuracy"] and m["accuracy"] > 0.6
+    spend = ds.targets_split("test")["spend"]
+    baseline_rmse = float(np.sqrt(((spend - ds.targets_split("train")["spend"].mean()) ** 2).mean()))
+    assert m["spend.rmse"] < baseline_rmse and m["spend.r2"] > 0.3  # the regression head learned from the data
+    assert set(out["report"]["targets"]) == {"churn", "spend"}
+    plots = {a.path for a in env["tracker"].client.list_artifacts(ectx.mlflow_run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/residuals_spend.png"} <= plots

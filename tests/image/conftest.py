@@ -66,6 +66,7 @@ def built() -> dict:
                     build_args={"VERSION": "0.1.0", "REVISION": revision, "CREATED": "2026-01-01T00:00:00Z"})
     report["build_s"] = round(time.monotonic() - t0, 1)
     sh(["rm", "-rf", str(context)], check=False)
+    sh(buildah_cmd("rmi", "--prune"), check=False)  # the previous run's image, now untagged
     if p.returncode != 0:
         pytest.fail(f"buildah bud failed ({p.returncode}):\n{p.stdout[-6000:]}\n{p.stderr[-3000:]}")
     # Uncompressed size: the layers of the image's manifest (vfs stores them as plain tars).

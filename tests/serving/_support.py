@@ -12,7 +12,6 @@ from typing import Any
 from tests.procs import kill_owned
 
 
-
 def gcs_port() -> int:
     """The serving cluster's GCS port: $AIMASS_TEST_RAY_PORT when set, else a free one (never a fixed port)."""
     from tests.ports import free_port

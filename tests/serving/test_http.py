@@ -154,7 +154,10 @@ def test_invented_model_and_version_names_do_not_grow_the_metrics(http):
         assert http.get(f"/v2/models/{name}/ready").status_code == 404
         assert http.get(f"/v2/models/digits/versions/{name}").status_code == 404
     after = http.get("/metrics").text
-    series = lambda t: sorted(ln.rsplit(" ", 1)[0] for ln in t.splitlines() if ln and not ln.startswith("#"))
+
+    def series(t):
+        return sorted(ln.rsplit(" ", 1)[0] for ln in t.splitlines() if ln and not ln.startswith("#"))
+
     assert series(after) == series(before)
     assert len(after) < len(before) + 200  # only counter values changed
     assert 'model="_unknown"' in after and 'model="digits",version="_unknown"' in after

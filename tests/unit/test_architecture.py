@@ -29,6 +29,8 @@ KNOWN_LAZY_CYCLES: list[frozenset[str]] = [
     frozenset({"aimass.storage.base", "aimass.storage.s3"}),
     frozenset({"aimass", "aimass.client", "aimass.pipeline", "aimass.serving.app", "aimass.serving.client",
                "aimass.serving.controller", "aimass.serving.deploy", "aimass.serving.ingress"}),
+    frozenset({"aimass.compress.ensemble", "aimass.models.io", "aimass.models.registry", "aimass.models.text",
+               "aimass.models.transfer"}),
 ]
 
 
