@@ -196,18 +196,32 @@ def next_steps(state: RunState, pipeline_file: str | None = None, settings: Any 
     lines.append("  aimass down                     # stop the local cluster and every model it serves")
     examples = _examples(pipeline_file)
     if examples:
-        lines.append("  more pipelines: " + "  ".join(f"aimass run {e}" for e in examples))
+        lines.append("  more pipelines:")
+        width = max(len(e) for e, _ in examples)
+        lines += [f"    aimass run {e:<{width}}" + (f"   # {d}" if d else "") for e, d in examples]
     lines.append("  the examples table: README.md#examples · the reference: docs/cli.md")
     from rich.markup import escape
 
     return [ln if ln.startswith("[bold]") else escape(ln) for ln in lines]
 
 
-def _examples(pipeline_file: str | None) -> list[str]:
-    """The other example pipelines next to the one that ran (the image, text and compress ones as they land)."""
+def _examples(pipeline_file: str | None) -> list[tuple[str, str]]:
+    """(path, description) of the other example pipelines next to the one that ran (image, text, compress...)."""
     from pathlib import Path
+
+    import yaml
 
     if not pipeline_file:
         return []
     here = Path(pipeline_file)
-    return sorted(str(p) for p in here.parent.glob("*.yaml") if p.name != here.name)[:6]
+    out = []
+    for p in sorted(here.parent.glob("*.yaml")):
+        if p.name == here.name:
+            continue
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+            desc = str((doc.get("metadata") or {}).get("description") or "")
+        except Exception:  # noqa: BLE001 - an unreadable example is still worth naming
+            desc = ""
+        out.append((str(p), desc))
+    return out[:8]

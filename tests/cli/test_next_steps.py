@@ -36,7 +36,8 @@ def test_it_says_what_happened_and_what_to_type_next(repo_root, home):
     assert argv[-1] == LONG_URL and f"@{request}" in argv
     assert f"Authorization: Bearer $(cat {home / 'serve-token'})" in argv
     assert any(ln.strip().startswith("aimass down") for ln in lines)
-    assert "aimass run " + str(repo_root / "pipelines" / "quickstart-tuned.yaml") in text  # the next examples
+    tuned = next(ln for ln in lines if str(repo_root / "pipelines" / "quickstart-tuned.yaml") in ln)  # the next examples
+    assert tuned.strip().startswith("aimass run ") and "# Digits classifier, tuned with Ray Tune" in tuned
     assert "README.md#examples" in text
 
 

@@ -60,8 +60,11 @@ def test_the_examples_table_has_one_command_per_example_pipeline():
         cmd = re.findall(r"`(aimass run [^`]+)`", row)
         assert len(cmd) == 1, f"one command per example: {row}"
         listed[shlex.split(cmd[0])[-1]] = row
+    from aimass.spec import load_pipeline
+
     for f in listed:
         assert (REPO / f).is_file(), f"the examples table names {f}, which does not exist"
+        load_pipeline(REPO / f)  # and each one is valid
     missing = sorted(str(p.relative_to(REPO)) for p in (REPO / "pipelines").glob("*.yaml"))
     missing = [p for p in missing if p not in listed]
     assert not missing, f"add a row to README's examples table for: {', '.join(missing)}"
