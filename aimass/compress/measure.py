@@ -107,7 +107,7 @@ def select_candidate(candidates: list[Candidate], *, metric: str, mode: str = "m
     ``max_metric_drop`` is measured against the ``baseline`` candidate (the uncompressed parent) on ``metric``.
     ``select``: ``best-under-constraints`` picks the smallest (``prefer: size``) or fastest (``prefer: latency``)
     candidate that passes, ties broken by the better metric; ``best-metric`` picks the best metric among those
-    that pass. ``thresholds`` are the gate's absolute thresholds (objects with metric/min/max).
+    that pass. ``thresholds`` are the gate's absolute thresholds (:class:`~aimass.spec.configs.register.Threshold`).
     """
     base = next((c for c in candidates if c.name == baseline), None)
     reasons: dict[str, list[str]] = {}
@@ -116,16 +116,10 @@ def select_candidate(candidates: list[Candidate], *, metric: str, mode: str = "m
         r: list[str] = []
         ok = True
         for t in thresholds:
-            v = c.metrics.get(t.metric)
-            if v is None:
+            t_ok, why = t.check(c.metrics.get(t.metric))
+            if not t_ok:
                 ok = False
-                r.append(f"{t.metric}: not measured")
-            elif t.min is not None and v < t.min:
-                ok = False
-                r.append(f"{t.metric}={v:.4f} < min {t.min}")
-            elif t.max is not None and v > t.max:
-                ok = False
-                r.append(f"{t.metric}={v:.4f} > max {t.max}")
+                r.append(why)
         if max_latency_ms is not None and c.latency_p50_ms > max_latency_ms:
             ok = False
             r.append(f"p50 latency {c.latency_p50_ms:.3f} ms > max {max_latency_ms} ms")

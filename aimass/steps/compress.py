@@ -23,6 +23,21 @@ def _check_tensor_input(card) -> None:
                         fix="Compress a model trained on numeric or image-array data (input kind 'tensor').")
 
 
+def _input_model(ctx: StepContext) -> tuple[dict[str, Any], Path, Any]:
+    """The upstream ``model`` output: its reference, a local directory holding it, and the loaded model."""
+    import tempfile
+
+    from aimass.models.io import load_model
+
+    model_ref: dict[str, Any] = ctx.inputs["model"]
+    src = ctx.store.local_path(model_ref["key"])
+    if src is None:
+        src = ctx.store.get_dir(model_ref["key"], Path(tempfile.mkdtemp(prefix="aimass-model-")))
+    model = load_model(src)
+    _check_tensor_input(model.card)
+    return model_ref, Path(src), model
+
+
 def _write_onnx_candidate(model, directory: Path, opset: int) -> dict[str, Any]:
     import copy
 
@@ -82,20 +97,13 @@ class CompressStep(Step):
     code_modules = ("aimass.compress.quantize", "aimass.compress.prune", "aimass.compress.onnx", "aimass.compress.measure")
 
     def run(self, ctx: StepContext, config) -> dict:
-        import tempfile
-
         from aimass.compress import measure_candidate, prune_magnitude, quantize_dynamic_int8
         from aimass.data import open_dataset
         from aimass.models.io import load_model, save_model
         from aimass.spec.configs.compress import OnnxMethod, PruneMethod, QuantizeMethod, candidate_name
 
         ds = open_dataset(ctx.inputs["dataset"], store=ctx.store)
-        model_ref: dict[str, Any] = ctx.inputs["model"]
-        src = ctx.store.local_path(model_ref["key"])
-        if src is None:
-            src = ctx.store.get_dir(model_ref["key"], Path(tempfile.mkdtemp(prefix="aimass-compress-")))
-        model = load_model(src)
-        _check_tensor_input(model.card)
+        model_ref, src, model = _input_model(ctx)
         x, y = ds.split(config.measure.split)
         if len(y) == 0:
             raise SpecError(f"the {config.measure.split} split is empty", fix="Give it a share in the data step's split.")
@@ -143,18 +151,11 @@ class ExportStep(Step):
     code_modules = ("aimass.compress.onnx",)
 
     def run(self, ctx: StepContext, config) -> dict:
-        import tempfile
-
         from aimass.data import open_dataset
         from aimass.models.io import load_model
 
         ds = open_dataset(ctx.inputs["dataset"], store=ctx.store)
-        model_ref: dict[str, Any] = ctx.inputs["model"]
-        src = ctx.store.local_path(model_ref["key"])
-        if src is None:
-            src = ctx.store.get_dir(model_ref["key"], Path(tempfile.mkdtemp(prefix="aimass-export-")))
-        model = load_model(src)
-        _check_tensor_input(model.card)
+        model_ref, _, model = _input_model(ctx)
         x, _ = ds.split(config.split)
         out = ctx.scratch("onnx")
         info = _write_onnx_candidate(model, out, config.opset)

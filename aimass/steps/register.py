@@ -19,19 +19,9 @@ def gate_decision(gate, metrics: dict[str, float], champion_metrics: dict[str, f
     reasons: list[str] = []
     ok = True
     for t in gate.thresholds:
-        v = metrics.get(t.metric)
-        if v is None:
-            ok = False
-            reasons.append(f"{t.metric}: not measured (add an evaluate step upstream)")
-            continue
-        if t.min is not None and v < t.min:
-            ok = False
-            reasons.append(f"{t.metric}={v:.4f} < min {t.min}")
-        elif t.max is not None and v > t.max:
-            ok = False
-            reasons.append(f"{t.metric}={v:.4f} > max {t.max}")
-        else:
-            reasons.append(f"{t.metric}={v:.4f} passes")
+        passed, why = t.check(metrics.get(t.metric), missing="not measured (add an evaluate step upstream)")
+        ok = ok and passed
+        reasons.append(why)
     if gate.compare_metric and champion_metrics is not None:
         new, old = metrics.get(gate.compare_metric), champion_metrics.get(gate.compare_metric)
         if new is None:

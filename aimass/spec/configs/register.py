@@ -17,6 +17,16 @@ class Threshold(StrictModel):
     min: float | None = Field(None, description="Pass only if metric >= min.")
     max: float | None = Field(None, description="Pass only if metric <= max.")
 
+    def check(self, value: float | None, missing: str = "not measured") -> tuple[bool, str]:
+        """Whether ``value`` passes, and one line saying why (the gate's reasons)."""
+        if value is None:
+            return False, f"{self.metric}: {missing}"
+        if self.min is not None and value < self.min:
+            return False, f"{self.metric}={value:.4f} < min {self.min}"
+        if self.max is not None and value > self.max:
+            return False, f"{self.metric}={value:.4f} > max {self.max}"
+        return True, f"{self.metric}={value:.4f} passes"
+
 
 class GateConfig(StrictModel):
     thresholds: list[Threshold] = Field(default_factory=list, description="Absolute thresholds; all must pass.")
