@@ -135,6 +135,9 @@ def test_quickstart_data_and_train_on_a_ray_head_in_the_container(image, tmp_pat
     spec_dir = tmp_path / "spec"
     spec_dir.mkdir()
     (spec_dir / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    # bound into the container for UID 1000: readable whatever umask the test process runs with
+    spec_dir.chmod(0o755)
+    (spec_dir / "pipeline.yaml").chmod(0o644)
     script = (
         "set -e; "
         "ray start --head --port 6379 --node-ip-address 127.0.0.1 --num-cpus 4 --include-dashboard=false --disable-usage-stats >/tmp/head.log 2>&1 "

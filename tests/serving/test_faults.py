@@ -154,9 +154,11 @@ def test_killing_a_model_replica_the_ingress_replica_and_the_proxy_fails_no_clie
 CONNECTIONS = 1000
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (issue 11, item 5): through Serve's proxy on the 2-core box the "
-                   "burst is answered (200 or V2 503, none lost) but the last answer takes ~48 s: requests wait in the proxy "
-                   "before they reach the ingress's admission limit")
+# Not strict: the wait in Serve's proxy depends on the machine's load (48 s in one run, 5.4 s in a CI run), so an
+# unexpected pass is reported (XPASS) rather than failing the suite. The defect stays open until it holds every time.
+@pytest.mark.xfail(strict=False, reason="known defect (issue 11, item 5): through Serve's proxy on the 2-core box the "
+                   "burst is answered (200 or V2 503, none lost) but the last answer can take ~48 s: requests wait in the "
+                   "proxy before they reach the ingress's admission limit")
 def test_a_thousand_connections_at_once_through_the_proxy_are_each_answered_in_bounded_time(serving_cluster, registry, token):
     """1,000 new connections at once to the stable URL (Serve's proxy -> ingress -> batched model): each
     is answered 200, or 503/429 with Retry-After and a V2 body, within a bounded time; never a long

@@ -43,9 +43,12 @@ def _replicas(app: str) -> dict[str, dict[str, int]]:
 
 
 def _replica_ids(app: str, deployment: str) -> set[str]:
+    import ray
     from ray.util.state import list_actors
 
-    return {a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    # this test cluster's own address: the session cluster may be running on the same host
+    address = ray.get_runtime_context().gcs_address
+    return {a.name for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
             if a.name and a.name.startswith(f"SERVE_REPLICA::{app}#{deployment}#")}
 
 
