@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from aimass.models.zoo import AsImage
+
 __all__ = ["ResNet", "ViT", "build_hf_vision", "build_resnet", "build_vit"]
 
 
@@ -109,12 +111,12 @@ class ViT(nn.Module):
 
 def build_resnet(input_shape, num_outputs, widths=(16, 32, 64), blocks=(1, 1, 1), dropout=0.0) -> nn.Module:
     c, _, _ = _chw(input_shape)
-    return _AsImage(_chw(input_shape), ResNet(c, num_outputs, widths, blocks, dropout))
+    return AsImage(_chw(input_shape), ResNet(c, num_outputs, widths, blocks, dropout))
 
 
 def build_vit(input_shape, num_outputs, patch=4, dim=64, depth=4, heads=4, mlpRatio=2.0, dropout=0.0) -> nn.Module:
     shape = _chw(input_shape)
-    return _AsImage(shape, ViT(shape, num_outputs, int(patch), int(dim), int(depth), int(heads), float(mlpRatio), float(dropout)))
+    return AsImage(shape, ViT(shape, num_outputs, int(patch), int(dim), int(depth), int(heads), float(mlpRatio), float(dropout)))
 
 
 class _HFVision(nn.Module):
@@ -139,16 +141,6 @@ def build_hf_vision(input_shape, num_outputs, config: dict[str, Any] | None = No
     if model_type in ("vit", "deit", "beit"):
         cfg.setdefault("image_size", shape[1])
     hf_cfg = AutoConfig.for_model(model_type, num_labels=num_outputs, **cfg)
-    return _AsImage(shape, _HFVision(AutoModelForImageClassification.from_config(hf_cfg)))
+    return AsImage(shape, _HFVision(AutoModelForImageClassification.from_config(hf_cfg)))
 
 
-class _AsImage(nn.Module):
-    """Reshapes flat rows to [N, C, H, W] (tensor datasets store images that way) before the network."""
-
-    def __init__(self, shape, body: nn.Module) -> None:
-        super().__init__()
-        self.shape = tuple(shape)
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.reshape(x.shape[0], *self.shape))

@@ -10,7 +10,7 @@ from torch import nn
 
 from aimass.models.heads import HeadsMixin
 
-__all__ = ["ZooModel", "build_cnn", "build_logreg", "build_mlp"]
+__all__ = ["AsImage", "ZooModel", "build_cnn", "build_logreg", "build_mlp"]
 
 _ACT = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -102,11 +102,13 @@ def build_cnn(input_shape, num_classes, channels=(16, 32), hidden=64, dropout=0.
     layers += [nn.Flatten(), nn.Linear(c * h * w, int(hidden)), nn.ReLU(), nn.Dropout(float(dropout)), nn.Linear(int(hidden), num_classes)]
     body = nn.Sequential(*layers)
     if len(input_shape) == 3:
-        return _Reshape(input_shape, body)
+        return AsImage(input_shape, body)
     return body
 
 
-class _Reshape(nn.Module):
+class AsImage(nn.Module):
+    """Reshapes flat rows to [N, C, H, W] (tensor datasets store images that way) before the network."""
+
     def __init__(self, shape, body: nn.Module) -> None:
         super().__init__()
         self.shape = tuple(shape)
